@@ -1,0 +1,42 @@
+"""Data section of every experiment config (`config.data`). Owned by data_pipelines/."""
+import ml_collections
+
+
+def get_data_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  # Which dataset: "synthetic_s4" / "synthetic_ms3" / "synthetic_avss" (generated on the fly into
+  # `data_dir` by data_pipelines.synthetic, then built like the real ones) or "avsbench_s4",
+  # "avsbench_ms3", "avsbench_avss" (TFDS builders over a manual download in `manual_dir`).
+  c.name = "avsbench_s4"
+  # Where TFDS writes/reads the prepared ArrayRecord files.
+  c.data_dir = "~/tensorflow_datasets"
+  # AVSBench manual-download directory (the folder holding Single-source/, Multi-sources/ or the
+  # AVSS metadata.csv). For synthetic data: where the synthetic AVSBench-layout tree is written.
+  c.manual_dir = "~/avsbench"
+  # Frames per clip (AVSBench S4/MS3: 5; AVSS: 10, v1 clips padded with frame_valid=False).
+  c.num_frames = 5
+  # Square training/eval image size after resizing (AVSBench: 224).
+  c.image_size = 224
+  # Global batch size (clips); split evenly over the data axis of the mesh / the hosts.
+  c.batch_size = 4
+  c.eval_batch_size = 1  # AVSBench evaluates one video per batch (the F-score depends on it).
+  # Seed of the deterministic shuffle (grain index sampler).
+  c.shuffle_seed = 0
+  # grain worker processes per host (0 = read in the main process).
+  c.num_workers = 0
+  # Augmentation, applied identically to every frame and mask of a clip (training only).
+  c.augment = ml_collections.ConfigDict()
+  c.augment.enabled = True
+  c.augment.random_resized_crop_scale = (0.5, 1.0)  # area fraction range of the crop
+  c.augment.flip_prob = 0.5                          # horizontal flip probability
+  c.augment.color_jitter = 0.2                       # brightness/contrast/saturation strength
+  # Optional RCPG output (JSON lines, one per video) joined onto examples by video id.
+  c.control_points_file = ""
+  # What to do for a video missing from control_points_file: "error", "first_frame" (frame 0 only)
+  # or "gt" (control points derived from GT masks where available).
+  c.control_points_fallback = "error"
+  # Synthetic data generator settings (used when `name` starts with "synthetic_").
+  c.synthetic = ml_collections.ConfigDict()
+  c.synthetic.num_videos = 48
+  c.synthetic.seed = 0
+  return c

@@ -1,0 +1,20 @@
+"""Keyframe Processor section (`config.keyframe`). Owned by coprop_jax/models/keyframe.py."""
+import ml_collections
+
+
+def get_keyframe_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  # Image encoder: "pvt_v2_b0".."pvt_v2_b5", "pvt_v2_b2_linear" or "resnet50".
+  c.backbone = "pvt_v2_b5"
+  # Width of the fused features and the transformer encoder/decoder.
+  c.d_model = 256
+  c.num_heads = 8
+  # Depth of the video+audio transformer encoder and of the audio-queried decoder.
+  c.num_encoder_layers = 2
+  c.num_decoder_layers = 2
+  # Number of audio-derived queries in the decoder.
+  c.num_queries = 1
+  # Output classes: 1 (binary, S4/MS3) or 71 (AVSS semantic, background included).
+  c.num_classes = 1
+  c.dtype = "float32"
+  return c

@@ -1,0 +1,86 @@
+"""Experiment configs: every file loads, config strings and overrides are strict."""
+import pathlib
+
+import pytest
+
+from coprop_jax.utils.config import ConfigError, apply_overrides, load_config, parse_config_string
+
+CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
+EXPERIMENTS = sorted(p for p in CONFIG_DIR.glob("*.py") if p.name not in ("__init__.py", "base.py"))
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
+def test_every_experiment_loads_and_is_locked(path):
+  config = load_config(str(path))
+  assert config.is_locked
+  for section in ("data", "keyframe", "propagator", "train", "eval", "rcpg"):
+    assert section in config
+  with pytest.raises(AttributeError):
+    config.not_a_field = 1
+
+
+def test_config_string_selects_dataset_and_insert_levels():
+  c = load_config(f"{CONFIG_DIR}/coprop.py:dataset=avss,backbone=resnet50,insert=1layer")
+  assert c.data.name == "avsbench_avss" and c.data.num_frames == 10
+  assert c.keyframe.num_classes == 71 and c.keyframe.backbone == "resnet50"
+  assert c.propagator.audio_insert_levels == (3,)
+  assert load_config(f"{CONFIG_DIR}/coprop.py:insert=aot").propagator.audio_insert_levels == ()
+
+
+def test_thin_experiment_files_match_config_strings():
+  a = load_config(f"{CONFIG_DIR}/ms3_r50.py")
+  b = load_config(f"{CONFIG_DIR}/coprop.py:dataset=ms3,backbone=resnet50")
+  assert a.to_dict() == b.to_dict()
+
+
+def test_unknown_config_string_key_is_an_error():
+  with pytest.raises(ConfigError, match="unknown config string key 'datset'"):
+    load_config(f"{CONFIG_DIR}/coprop.py:datset=ms3")
+
+
+def test_overrides_apply_on_locked_config():
+  c = load_config(f"{CONFIG_DIR}/coprop.py", ["--config.propagator.num_layers=2",
+                                              "train.lr=2e-4", "propagator.audio_insert_levels=(0,3)"])
+  assert c.propagator.num_layers == 2 and c.train.lr == 2e-4
+  assert c.propagator.audio_insert_levels == (0, 3)
+
+
+@pytest.mark.parametrize("override,match", [
+    ("propagator.num_layer=2", "unknown config key 'propagator.num_layer'"),
+    ("propagatr.num_layers=2", "no section 'propagatr'"),
+    ("propagator.num_layers=two", "propagator.num_layers"),
+    ("novalue", "key=value"),
+])
+def test_bad_overrides_are_errors(override, match):
+  c = load_config(f"{CONFIG_DIR}/coprop.py")
+  with pytest.raises(ConfigError, match=match):
+    apply_overrides(c, [override])
+
+
+def test_absl_config_flag_rejects_unknown_key(tmp_path):
+  """The command-line path (absl config_flags with lock_config) is strict too."""
+  import subprocess
+  import sys
+  script = tmp_path / "main.py"
+  script.write_text(
+      "from absl import app\nfrom ml_collections import config_flags\n"
+      "C = config_flags.DEFINE_config_file('config', lock_config=True)\n"
+      "def main(_):\n  print('layers', C.value.propagator.num_layers)\n"
+      "app.run(main)\n")
+  cfg = f"{CONFIG_DIR}/demo.py"
+  ok = subprocess.run([sys.executable, str(script), f"--config={cfg}",
+                       "--config.propagator.num_layers=2"], capture_output=True, text=True,
+                      cwd=CONFIG_DIR.parent)
+  assert ok.returncode == 0, ok.stderr
+  assert "layers 2" in ok.stdout
+  bad = subprocess.run([sys.executable, str(script), f"--config={cfg}",
+                        "--config.propagator.num_layerz=2"], capture_output=True, text=True,
+                       cwd=CONFIG_DIR.parent)
+  assert bad.returncode != 0 and "num_layerz" in bad.stderr
+
+
+def test_parse_config_string_types():
+  d = parse_config_string("a=3,b=x,c=0+1", {"a": 1, "b": "y", "c": (0,)})
+  assert d.a == 3 and d.b == "x" and d.c == (0, 1)
+  with pytest.raises(ConfigError, match="expected int"):
+    parse_config_string("a=x", {"a": 1})
