@@ -99,6 +99,7 @@ class Preprocess:
     masks = _resize(masks, self.size, nearest=True)
     if self.normalize:
       frames = (frames.astype(np.float32) - IMAGENET_MEAN) / IMAGENET_STD
+      frames[~ex["frame_valid"].astype(bool)] = 0.0  # padding frames stay exactly zero
     vid = ex["video_id"]
     return dict(frames=frames, masks=masks, gt_valid=ex["gt_valid"].astype(bool),
                 frame_valid=ex["frame_valid"].astype(bool),
