@@ -138,3 +138,15 @@ def test_control_points_and_skip_bad(tmp_path):
   b = B.build("ms3", tmp_path / "src", tmp_path / "t4", synthetic=True, skip_bad=True)
   assert [v for v, _ in b.skipped] == [rec.video_id] and "audio file" in b.skipped[0][1]
   assert b.info.splits["train"].num_examples == len(R.list_videos(tmp_path / "src", "ms3", "train")) - 1
+
+
+def test_to_global_array(built):
+  import jax
+  root, _ = built["ms3"]
+  batch = next(ip.make_iterator(_cfg("ms3", root), "train", True))
+  mesh = jax.make_mesh((jax.device_count(),), ("data",))
+  g = ip.to_global_array(batch, mesh, "data")
+  assert g["frames"].shape == batch["frames"].shape
+  assert g["frames"].sharding.spec[0] == "data"
+  np.testing.assert_array_equal(np.asarray(g["masks"]), batch["masks"])
+  assert g["video_id"] is batch["video_id"]
