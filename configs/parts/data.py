@@ -35,6 +35,8 @@ def get_data_config() -> ml_collections.ConfigDict:
   # What to do for a video missing from control_points_file: "error", "first_frame" (frame 0 only)
   # or "gt" (control points derived from GT masks where available).
   c.control_points_fallback = "error"
+  # Building: skip videos that fail to read (each reported with its reason) instead of failing.
+  c.skip_bad = False
   # Synthetic data generator settings (used when `name` starts with "synthetic_").
   c.synthetic = ml_collections.ConfigDict()
   c.synthetic.num_videos = 48
