@@ -173,6 +173,23 @@ def test_adaptive_avg_pool_matches_torch(hw, out_size):
   np.testing.assert_allclose(np.asarray(got), ref.permute(0, 2, 3, 1).numpy(), atol=1e-6)
 
 
+def test_depthwise_shift_equals_grouped_conv():
+  x = jnp.asarray(np.random.default_rng(4).normal(size=(2, 9, 6, 12)).astype(np.float32))
+  shift = pm.DepthwiseConv3x3("shift")
+  variables = shift.init(jax.random.PRNGKey(0), x)
+  variables = jax.tree_util.tree_map(lambda p: p + 0.3, variables)  # non-zero bias
+  ref = torch.nn.functional.conv2d(
+      torch.from_numpy(np.asarray(x)).permute(0, 3, 1, 2),
+      torch.from_numpy(np.asarray(variables["params"]["kernel"]).transpose(3, 2, 0, 1).copy()),
+      torch.from_numpy(np.asarray(variables["params"]["bias"])), padding=1, groups=12)
+  ref = ref.permute(0, 2, 3, 1).numpy()
+  for impl in ("shift", "conv"):
+    got = pm.DepthwiseConv3x3(impl).apply(variables, x)
+    np.testing.assert_allclose(np.asarray(got), ref, atol=1e-5)
+  with pytest.raises(ValueError, match="impl"):
+    pm.DepthwiseConv3x3("fft").apply(variables, x)
+
+
 def test_output_sizes_match_helper():
   model = pm.build_model("b0", depths=(1, 1, 1, 1))
   x = jnp.zeros((1, 65, 97, 3))
