@@ -181,7 +181,7 @@ def test_depthwise_shift_equals_grouped_conv():
   ref = torch.nn.functional.conv2d(
       torch.from_numpy(np.array(x)).permute(0, 3, 1, 2),
       torch.from_numpy(np.asarray(variables["params"]["kernel"]).transpose(3, 2, 0, 1).copy()),
-        torch.from_numpy(np.array(variables["params"]["bias"])), padding=1, groups=12)
+      torch.from_numpy(np.array(variables["params"]["bias"])), padding=1, groups=12)
   ref = ref.permute(0, 2, 3, 1).numpy()
   for impl in ("shift", "conv"):
     got = pm.DepthwiseConv3x3(impl).apply(variables, x)
