@@ -117,6 +117,7 @@ CASES = [
     ("b0", None, (100, 60)),          # non-square, not divisible by 32
     ("b2_linear", (1, 1, 1, 1), (224, 224)),
     ("b2_linear", (1, 1, 1, 1), (90, 130)),  # stage-4 map 3x5: adaptive pool windows overlap
+    ("b2_linear", (1, 1, 1, 1), (20, 36)),   # smaller than 7x7 from stage 1 on
 ]
 
 
@@ -242,5 +243,7 @@ def test_bad_images():
     model.apply(variables, jnp.zeros((32, 32, 3)))
   with pytest.raises(ValueError, match="3 channels"):
     model.apply(variables, jnp.zeros((1, 32, 32, 1)))
+  with pytest.raises(ValueError, match="at least 29x29"):
+    jax.eval_shape(model.apply, variables, jnp.zeros((1, 28, 64, 3)))
   with pytest.raises(ValueError, match="unknown variant"):
     pm.build_model("b9")

@@ -180,6 +180,11 @@ class SpatialReductionAttention(nn.Module):
       kv = layers.gelu_exact(kv)
     elif self.sr_ratio > 1:
       r = self.sr_ratio
+      if h < r or w < r:
+        raise ValueError(
+            f"PVT-v2 attention: a {h}x{w} feature map is smaller than the spatial-reduction ratio "
+            f"{r} (as in PyTorch, the reduction conv needs at least one {r}x{r} patch); images "
+            "must be at least 29x29 pixels for the non-linear variants")
       kv = PatchConv(c, r, dtype=self.dtype, name="sr")(x)
       kv = layers.LayerNorm(self.norm_eps, dtype=self.dtype, name="norm")(kv)
     else:
@@ -282,8 +287,8 @@ class PVTv2(nn.Module):
     depthwise_impl: "shift" (default; nine shifted multiply-adds, fast on every backend) or
       "conv" (grouped convolution); same parameters, same result.
   Call:
-    images: [B, H, W, 3] (any H, W >= 1; normalised like ImageNet); train: enables drop-path
-    (then needs a "dropout" rng).
+    images: [B, H, W, 3], any H, W >= 29 (>= 1 for b2_linear), normalised like ImageNet;
+    train: enables drop-path (then needs a "dropout" rng).
   Returns:
     [f1, f2, f3, f4], NHWC maps at strides 4, 8, 16, 32 (spatial size of a torch conv with the
     same padding: f1 is floor((H - 1) / 4) + 1 high) with the variant's hidden sizes.
@@ -316,7 +321,8 @@ class PVTv2(nn.Module):
       for j in range(spec.depths[i]):
         x = Block(spec.num_heads[i], spec.sr_ratios[i], spec.mlp_ratios[i], spec.linear,
                   self.layer_norm_eps, self.embed_norm_eps, drop_path=float(rates[k]),
-                  depthwise_impl=self.depthwise_impl, dtype=self.dtype, name=f"stage{i}_block{j}")(x, train=train)
+                  depthwise_impl=self.depthwise_impl, dtype=self.dtype,
+                  name=f"stage{i}_block{j}")(x, train=train)
         k += 1
       x = layers.LayerNorm(self.layer_norm_eps, dtype=self.dtype, name=f"stage{i}_norm")(x)
       outs.append(x)
