@@ -137,3 +137,15 @@ def test_truncated_and_non_checkpoint_files(tmp_path, hf_sd):
     cv.load(tmp_path / "cut.pth", "b0", depths=TINY)
   with pytest.raises(CheckpointError, match="does not exist"):
     cv.load(tmp_path / "absent.safetensors", "b0")
+
+
+def test_convert_from_a_callers_source_dict(hf_sd, ref_params):
+  """A bigger model's converter takes the PVT-v2 weights out of its own SourceDict."""
+  from coprop_jax.convert.checkpoint_io import SourceDict
+  state = {f"visual.{k}": v for k, v in to_original_naming(hf_sd).items()}
+  state["fuse.weight"] = np.zeros((4, 4), np.float32)
+  src = SourceDict(state, what="composite checkpoint")
+  params = cv.convert(src, "b0", prefix="visual.", source="original", depths=TINY)
+  assert_same_tree(params, ref_params)
+  src.take("fuse.weight")
+  src.finish()  # every key consumed
