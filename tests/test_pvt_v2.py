@@ -227,6 +227,36 @@ def test_drop_path_only_in_training():
   assert not np.allclose(np.asarray(a[3]), np.asarray(c[3]))
 
 
+def _remat_case():
+  depths = (1, 1, 1, 1)
+  params = cv.from_torch_state_dict(state_dict(hf_model("b0", depths)), "b0", depths=depths)
+  x = jnp.asarray(images((40, 40), batch=1))
+  return (params, x, pm.build_model("b0", depths=depths),
+          pm.build_model("b0", depths=depths, remat=True))
+
+
+def test_remat_same_outputs():
+  params, x, plain, remat = _remat_case()
+  a = jax.jit(plain.apply)({"params": params}, x)
+  b = jax.jit(remat.apply)({"params": params}, x)
+  for u, v in zip(a, b):
+    np.testing.assert_allclose(np.asarray(u), np.asarray(v), atol=1e-6)
+
+
+@pytest.mark.slow
+def test_remat_same_grads():
+  params, x, plain, remat = _remat_case()
+
+  def loss(model, p):
+    return sum(jnp.sum(jnp.square(o)) for o in model.apply({"params": p}, x, train=True))
+
+  la, ga = jax.jit(jax.value_and_grad(lambda p: loss(plain, p)))(params)
+  lb, gb = jax.jit(jax.value_and_grad(lambda p: loss(remat, p)))(params)
+  np.testing.assert_allclose(float(la), float(lb), rtol=1e-6)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4),
+                         ga, gb)
+
+
 @pytest.mark.parametrize("variant", sorted(pm.VARIANTS))
 def test_param_count_matches_transformers(variant):
   with torch.device("meta"):

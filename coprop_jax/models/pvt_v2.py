@@ -286,6 +286,8 @@ class PVTv2(nn.Module):
     depths: optional override of the blocks per stage (tiny test models); None = the variant's.
     depthwise_impl: "shift" (default; nine shifted multiply-adds, fast on every backend) or
       "conv" (grouped convolution); same parameters, same result.
+    remat: recompute each block's activations in the backward pass (`nn.remat`) to save memory
+      when fine-tuning; same parameters and outputs.
   Call:
     images: [B, H, W, 3], any H, W >= 29 (>= 1 for b2_linear), normalised like ImageNet;
     train: enables drop-path (then needs a "dropout" rng).
@@ -300,6 +302,7 @@ class PVTv2(nn.Module):
   drop_path_rate: float = 0.0
   depths: Optional[tuple[int, ...]] = None
   depthwise_impl: str = "shift"
+  remat: bool = False
 
   @property
   def spec(self) -> PVTv2Spec:
@@ -312,6 +315,7 @@ class PVTv2(nn.Module):
     total = sum(spec.depths)
     rates = np.linspace(0.0, self.drop_path_rate, total) if total > 1 else [0.0]
     x = images.astype(self.dtype)
+    block_cls = nn.remat(Block, static_argnums=(2,)) if self.remat else Block
     outs = []
     k = 0
     for i in range(4):
@@ -319,10 +323,10 @@ class PVTv2(nn.Module):
                             self.embed_norm_eps, dtype=self.dtype,
                             name=f"stage{i}_patch_embed")(x)
       for j in range(spec.depths[i]):
-        x = Block(spec.num_heads[i], spec.sr_ratios[i], spec.mlp_ratios[i], spec.linear,
+        x = block_cls(spec.num_heads[i], spec.sr_ratios[i], spec.mlp_ratios[i], spec.linear,
                   self.layer_norm_eps, self.embed_norm_eps, drop_path=float(rates[k]),
                   depthwise_impl=self.depthwise_impl, dtype=self.dtype,
-                  name=f"stage{i}_block{j}")(x, train=train)
+                  name=f"stage{i}_block{j}")(x, train)
         k += 1
       x = layers.LayerNorm(self.layer_norm_eps, dtype=self.dtype, name=f"stage{i}_norm")(x)
       outs.append(x)
