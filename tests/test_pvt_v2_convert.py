@@ -149,3 +149,21 @@ def test_convert_from_a_callers_source_dict(hf_sd, ref_params):
   assert_same_tree(params, ref_params)
   src.take("fuse.weight")
   src.finish()  # every key consumed
+
+
+@pytest.mark.parametrize("cls_name", ["PvtV2Model", "PvtV2Backbone", "PvtV2ForImageClassification"])
+def test_real_transformers_class_key_names(cls_name):
+  """The key names and shapes of each transformers class (built on the meta device) convert."""
+  import transformers
+  from test_pvt_v2 import hf_config
+  with torch.device("meta"):
+    model = getattr(transformers, cls_name)(hf_config("b2_linear", TINY))
+  rng = np.random.default_rng(0)
+  sd = {k: rng.standard_normal(tuple(v.shape)).astype(np.float32)
+        for k, v in model.state_dict().items()}
+  assert cv.detect_source(sd) == "hf"
+  params = cv.from_torch_state_dict(sd, "b2_linear", depths=TINY)
+  prefix = "pvt_v2." if cls_name == "PvtV2ForImageClassification" else ""
+  sr = sd[prefix + "encoder.layers.3.blocks.0.attention.spatial_reduction.weight"]
+  np.testing.assert_array_equal(params["stage3_block0"]["attn"]["sr"]["kernel"],
+                                sr.transpose(2, 3, 1, 0))
