@@ -39,7 +39,7 @@ def parse_size(s: str) -> tuple[int, int]:
 
 
 def random_params(variant: str, seed: int = 0):
-  """Random float32 params of the variant's shapes (no framework init; only for --torch-device none)."""
+  """Random float32 params of the variant's shapes (no init compile; for --torch-device none)."""
   shapes = pm.init_shapes(variant)
   rng = np.random.default_rng(seed)
   def fill(path, s):
@@ -134,8 +134,10 @@ def bench_variant(variant: str, args) -> dict:
 
 
 def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--variants", default="b0,b2,b5", help="comma-separated, from " + ",".join(pm.VARIANTS))
+  p = argparse.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--variants", default="b0,b2,b5",
+                 help="comma-separated, from " + ",".join(pm.VARIANTS))
   p.add_argument("--batch", type=int, default=8)
   p.add_argument("--size", default="224", help="224 or HxW")
   p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])

@@ -15,7 +15,6 @@ import torch
 from transformers import PvtV2Config, PvtV2Model
 
 from coprop_jax.convert import pvt_v2 as cv
-from coprop_jax.convert.checkpoint_io import CheckpointError
 from coprop_jax.models import pvt_v2 as pm
 from coprop_jax.models.layers import count_params
 

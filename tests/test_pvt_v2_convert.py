@@ -83,7 +83,8 @@ def test_wrong_variant_is_reported(hf_sd):
   with pytest.raises(CheckpointError) as e:
     cv.from_torch_state_dict(hf_sd, "b1", depths=TINY)
   msg = str(e.value)
-  assert "shape mismatches" in msg and "stage0_block0/norm1/scale: checkpoint (32,) vs model (64,)" in msg
+  assert "shape mismatches" in msg
+  assert "stage0_block0/norm1/scale: checkpoint (32,) vs model (64,)" in msg
   # A full b0 checkpoint loaded as b2: blocks missing, shapes wrong, and the variant it looks like.
   full_b0 = state_dict(hf_model("b0"))
   with pytest.raises(CheckpointError) as e:

@@ -74,7 +74,8 @@ class _Names:
 
   def embed(self, i: int) -> tuple[str, str]:
     if self.hf:
-      return f"encoder.layers.{i}.patch_embedding.proj", f"encoder.layers.{i}.patch_embedding.layer_norm"
+      stem = f"encoder.layers.{i}.patch_embedding"
+      return f"{stem}.proj", f"{stem}.layer_norm"
     return f"patch_embed{i + 1}.proj", f"patch_embed{i + 1}.norm"
 
   def block(self, i: int, j: int) -> str:
@@ -95,7 +96,7 @@ class _Names:
 
 
 def infer_variant(state_dict: Mapping[str, Any]) -> Optional[str]:
-  """The variant a checkpoint's shapes describe (hidden sizes, depths, MLP ratio, linear), or None."""
+  """The variant a checkpoint's shapes describe (widths, depths, MLP ratio, linear), or None."""
   try:
     state, source, _ = _normalise(state_dict)
   except CheckpointError:

@@ -68,7 +68,7 @@ VARIANTS: dict[str, PVTv2Spec] = {
 #   layer_norm_eps: the blocks' pre-norms and each stage's final norm.
 #   embed_norm_eps: the patch-embedding norms and the attention's spatial-reduction norms.
 SOURCE_EPS: dict[str, tuple[float, float]] = {
-    "hf": (1e-6, 1e-6),          # transformers PvtV2Model / PvtV2Backbone / ...ForImageClassification
+    "hf": (1e-6, 1e-6),          # transformers PvtV2Model / Backbone / ForImageClassification
     "original": (1e-6, 1e-5),    # whai362/PVT classification/pvt_v2.py
     "mmseg": (1e-6, 1e-5),       # whai362/PVT segmentation / detection (same modules, `backbone.`)
 }
