@@ -118,13 +118,19 @@ def parse_flags(reply: str, num_frames: int) -> Optional[np.ndarray]:
     if len(toks) == num_frames and all(t in ("0", "1") for t in toks):
       out = np.array([int(t) for t in toks], np.int32)
       break
-  # 2. a run of T binary tokens separated by commas/spaces/semicolons.
+  # 2. a maximal run of exactly T binary tokens separated by commas/semicolons/spaces.
   if out is None:
-    for m in re.finditer(r"(?<![\d.])[01](?:\s*[,;\s]\s*[01]){%d}(?![\d.])" % (num_frames - 1), text):
-      toks = re.findall(r"[01]", m.group(0))
-      if len(toks) == num_frames:
-        out = np.array([int(t) for t in toks], np.int32)
-        break
+    run: List[str] = []
+    for tok in re.findall(r"\d+(?:\.\d+)?|[^\W\d_]+|[^\w\s]", text) + ["<end>"]:
+      if tok in ("0", "1"):
+        run.append(tok)
+      elif tok in (",", ";") and run:
+        continue
+      else:
+        if len(run) == num_frames:
+          out = np.array([int(t) for t in run], np.int32)
+          break
+        run = []
   # 3. a single word of T binary digits ("1000100000").
   if out is None:
     m = re.search(r"(?<!\d)[01]{%d}(?!\d)" % num_frames, text)
@@ -142,7 +148,7 @@ def parse_flags(reply: str, num_frames: int) -> Optional[np.ndarray]:
           out[int(i) - base] = int(v in ("keyframe", "key frame", "yes", "1"))
   # 5. "keyframes: 1, 4, 7" (1-based indices).
   if out is None:
-    m = re.search(r"key\s*frames?\s*(?:are|at|is|:)?\s*(?:frames?\s*)?:?\s*((?:\d+\s*(?:,|and|\s)\s*)*\d+)", text)
+    m = re.search(r"key\s*frames?\s*(?:(?:are|at|is|on|in|:)\s*)*(?:frames?\s*)?:?\s*((?:\d+\s*(?:,|and|\s)\s*)*\d+)", text)
     if m:
       idx = [int(i) for i in re.findall(r"\d+", m.group(1))]
       if idx and all(1 <= i <= num_frames for i in idx):
