@@ -11,7 +11,7 @@ import numpy as np
 
 
 def gt_control_points(masks: np.ndarray, gt_valid: Optional[np.ndarray] = None, *,
-                      binary: bool = False, iou_threshold: float = 0.5) -> np.ndarray:
+                      binary: bool = False, iou_threshold: float = 0.4) -> np.ndarray:
   """masks: [T, H, W] int (0 background, 1..K ids); gt_valid: [T] bool -> flags [T] int32.
 
   Algorithm 1 step 1: frame t is a keyframe when the set of nonzero ids present differs from the
@@ -56,7 +56,7 @@ def gt_control_points(masks: np.ndarray, gt_valid: Optional[np.ndarray] = None, 
 
 
 def build_document(videos: Iterable[Dict], *, binary: bool = False,
-                   iou_threshold: float = 0.5) -> List[Dict]:
+                   iou_threshold: float = 0.4) -> List[Dict]:
   """videos: iterable of {"video_id", "category", "masks" [T,H,W], optional "gt_valid" [T],
   optional "frame_valid" [T]} -> retrieval document D: [{"video_id","category","flags"}].
   Padded frames (frame_valid False) are dropped from the flags."""
