@@ -1,0 +1,143 @@
+"""Resumable JSON-lines output: one record per video, appended atomically, merged across shards.
+
+Each record is written with a single os.write of the whole line followed by fsync, so a crash
+can leave at most a torn *last* line; `open_resumable` drops it (truncating the file back to the
+last complete line) and returns the finished ids. A corrupt line anywhere else is an error.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import tempfile
+from typing import Dict, Iterable, List, Optional, Tuple
+
+
+class RecordsError(ValueError):
+  """A control-points file is malformed, or shards do not fit together."""
+
+
+def read_records(path, allow_torn_tail: bool = False) -> Tuple[List[Dict], int]:
+  """-> (records, byte offset of the end of the last complete line).
+
+  A last line without newline or not valid JSON is tolerated only with allow_torn_tail.
+  """
+  data = pathlib.Path(path).read_bytes()
+  records, pos, n = [], 0, 0
+  while pos < len(data):
+    end = data.find(b"\n", pos)
+    last = end == -1 or end == len(data) - 1
+    line = data[pos:] if end == -1 else data[pos:end]
+    n += 1
+    try:
+      if end == -1:
+        raise ValueError("no trailing newline")
+      rec = json.loads(line)
+      if not isinstance(rec, dict) or "video_id" not in rec or "flags" not in rec:
+        raise ValueError('expected an object with "video_id" and "flags"')
+    except ValueError as e:
+      if allow_torn_tail and last:
+        return records, pos
+      raise RecordsError(f"{path}: line {n} is corrupt ({e}); only the last line of an "
+                         "interrupted run may be torn") from e
+    records.append(rec)
+    pos = end + 1
+  return records, pos
+
+
+def open_resumable(path) -> Tuple[Dict[str, Dict], "Appender"]:
+  """Opens `path` for appending; drops a torn last line. -> (finished records by id, appender)."""
+  path = pathlib.Path(path)
+  done: Dict[str, Dict] = {}
+  if path.exists():
+    records, good = read_records(path, allow_torn_tail=True)
+    if good != path.stat().st_size:
+      with open(path, "r+b") as f:
+        f.truncate(good)
+        f.flush()
+        os.fsync(f.fileno())
+    for r in records:
+      if r["video_id"] in done:
+        raise RecordsError(f"{path}: video id {r['video_id']!r} appears twice")
+      done[r["video_id"]] = r
+  else:
+    path.parent.mkdir(parents=True, exist_ok=True)
+  return done, Appender(path)
+
+
+class Appender:
+  """Appends one JSON line per call with one write + fsync."""
+
+  def __init__(self, path):
+    self.path = pathlib.Path(path)
+    self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+  def write(self, record: Dict):
+    line = (json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n").encode()
+    os.write(self.fd, line)
+    os.fsync(self.fd)
+
+  def close(self):
+    if self.fd is not None:
+      os.close(self.fd)
+      self.fd = None
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+
+def write_atomic(path, records: Iterable[Dict]):
+  """Writes all records to `path` via a temp file in the same directory + rename."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+  try:
+    with os.fdopen(fd, "w") as f:
+      for r in records:
+        f.write(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n")
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+
+
+def merge(shards: List, out, expected_ids: Optional[Iterable[str]] = None) -> List[Dict]:
+  """Joins shard files into `out` (sorted by video id, written atomically).
+
+  Raises RecordsError on a torn/corrupt shard, a video id in more than one line, records of
+  different methods, or (with expected_ids) ids missing from / not expected in the shards.
+  """
+  if not shards:
+    raise RecordsError("merge: no shard files given")
+  by_id: Dict[str, Dict] = {}
+  where: Dict[str, str] = {}
+  dups = []
+  for s in shards:
+    if not pathlib.Path(s).exists():
+      raise RecordsError(f"merge: shard file {s} does not exist")
+    records, _ = read_records(s)
+    for r in records:
+      vid = r["video_id"]
+      if vid in by_id:
+        dups.append(f"{vid!r} ({where[vid]} and {s})")
+      by_id[vid], where[vid] = r, str(s)
+  if dups:
+    raise RecordsError(f"merge: {len(dups)} duplicate video ids: {', '.join(dups[:5])}")
+  methods = sorted({r.get("method") for r in by_id.values()}, key=str)
+  if len(methods) > 1:
+    raise RecordsError(f"merge: shards mix methods {methods}")
+  if expected_ids is not None:
+    exp = set(expected_ids)
+    missing, extra = sorted(exp - set(by_id)), sorted(set(by_id) - exp)
+    if missing or extra:
+      raise RecordsError(f"merge: {len(missing)} expected ids missing (e.g. {missing[:5]}), "
+                         f"{len(extra)} unexpected ids (e.g. {extra[:5]})")
+  records = [by_id[k] for k in sorted(by_id)]
+  write_atomic(out, records)
+  return records
