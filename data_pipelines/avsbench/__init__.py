@@ -1,0 +1,1 @@
+"""AVSBench readers (shared by the real and the synthetic trees) and TFDS builders."""
