@@ -5,7 +5,8 @@
 All frames: `train.keyframes_only=False`; keyframe fine-tune: `train.keyframes_only=True
 train.init_from=<first run's checkpoint dir>` (see configs/keyframe_finetune.py).
 Data: `data.name=toy_kpf` uses the in-memory toy clips (coprop_jax.train.toy_data); other names
-go through `data_pipelines.input_pipeline.make_train_iterator(config)` when that module exists.
+go through `data_pipelines.input_pipeline.make_iterator(config.data)` (a checkpointable grain
+iterator, saved with each checkpoint).
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def make_batches(config):
   except ImportError as e:
     raise SystemExit(f"data.name={d.name!r} needs data_pipelines.input_pipeline, which is not "
                      f"in this tree ({e}); use data.name=toy_kpf") from e
-  it = input_pipeline.make_train_iterator(config)
+  it = input_pipeline.make_iterator(config.data, "train", train=True)
   return it, it
 
 
