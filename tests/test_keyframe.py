@@ -85,3 +85,13 @@ def test_keyframe_mask_source_errors(tmp_path):
   np.savez(tmp_path / "bad.npz", nokey=np.zeros((2, 2)))
   with pytest.raises(ValueError, match="video_id"):
     km.KeyframeMaskSource(str(tmp_path / "bad.npz"))
+
+
+def test_resnet50_backbone_shapes_and_frozen_bn_collection():
+  m = KeyframeProcessor(backbone="resnet50", d_model=32, num_heads=4, num_encoder_layers=1,
+                        num_decoder_layers=1, num_classes=71)
+  x = jax.ShapeDtypeStruct((2, 64, 96, 3), jnp.float32)
+  a = jax.ShapeDtypeStruct((2, 128), jnp.float32)
+  v = jax.eval_shape(m.init, jax.random.PRNGKey(0), x, a)
+  assert set(v) == {"params", "batch_stats"}
+  assert jax.eval_shape(m.apply, v, x, a).shape == (2, 64, 96, 71)
