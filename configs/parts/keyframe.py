@@ -16,5 +16,10 @@ def get_keyframe_config() -> ml_collections.ConfigDict:
   c.num_queries = 1
   # Output classes: 1 (binary, S4/MS3) or 71 (AVSS semantic, background included).
   c.num_classes = 1
+  # Tokens the 128-d audio embedding is expanded into (keys/values of the stage fusion, extra
+  # tokens of the transformer encoder).
+  c.num_audio_tokens = 4
+  # Optional PVT-v2 blocks-per-stage override, e.g. (1, 1, 1, 1) for tiny tests; () = variant's.
+  c.backbone_depths = ()
   c.dtype = "float32"
   return c

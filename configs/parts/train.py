@@ -13,6 +13,7 @@ def get_train_config() -> ml_collections.ConfigDict:
   c.optimizer = "adam"       # paper: Adam
   c.lr = 1e-4                # paper: 1e-4
   c.weight_decay = 0.0
+  c.grad_clip = 0.0          # global-norm gradient clipping; <= 0 disables
   c.num_epochs = 100         # paper: 100 epochs
   c.num_steps = -1           # if > 0, overrides num_epochs
   c.log_every = 50

@@ -1,0 +1,121 @@
+"""Stage-1 training of the Keyframe Processor: all frames, then keyframes only.
+
+Batches are clip batches in the shared vocabulary ([B, T, ...]); frames are flattened to N = B*T
+inside the step, so shapes stay fixed. Frames without GT or padded (gt_valid & frame_valid false)
+get weight 0; with `keyframes_only` frames whose control point is not 1 also get weight 0, so the
+fine-tune's gradients come from keyframes only.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from coprop_jax.models import keyframe as kf
+from coprop_jax.train import losses
+from coprop_jax.train.state import TrainState, make_optimizer
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+
+def flatten_frames(batch: dict) -> dict:
+  """[B, T, ...] arrays -> [B*T, ...]; uint8 frames are normalised (ImageNet mean/std)."""
+  out = {}
+  for k in ("frames", "masks", "gt_valid", "frame_valid", "audio_embed", "audio_logmel",
+            "control_points"):
+    if k in batch:
+      v = batch[k]
+      out[k] = v.reshape((-1,) + v.shape[2:])
+  if out["frames"].dtype == jnp.uint8:
+    out["frames"] = (out["frames"].astype(jnp.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+  return out
+
+
+def make_loss_fn(model: kf.KeyframeProcessor, tc: Any, keyframes_only: bool,
+                 audio_mode: str = "normal"):
+  """loss_fn(params, extra, batch, rng) -> (loss, aux). audio_mode: "normal", "zero" (audio-blind
+  control) or "shuffle" (audio of another clip in the batch)."""
+  w1 = float(tc.loss.get("bce_weight", 1.0))
+  w2 = float(tc.loss.get("iou_weight", 1.0))
+
+  def loss_fn(params, extra, batch, rng):
+    f = flatten_frames(batch)
+    audio = f.get("audio_embed")
+    if audio is not None:
+      audio = corrupt_audio(audio, audio_mode, rng)
+    logits = model.apply({"params": params, **extra}, f["frames"], audio_embed=audio,
+                         audio_logmel=None if audio is not None else f.get("audio_logmel"),
+                         train=True, rngs={"dropout": rng})
+    weight = losses.frame_weights(f["gt_valid"], f["frame_valid"], f.get("control_points"),
+                                  keyframes_only)
+    out = losses.segmentation_losses(logits, f["masks"], weight, model.num_classes, w1, w2)
+    out["num_frames"] = jnp.sum(weight)
+    return out["loss"], {k: v for k, v in out.items() if k != "loss"}
+
+  return loss_fn
+
+
+def corrupt_audio(audio: jax.Array, mode: str, rng: jax.Array) -> jax.Array:
+  if mode == "normal":
+    return audio
+  if mode == "zero":
+    return jnp.zeros_like(audio)
+  if mode == "shuffle":
+    return audio[jax.random.permutation(rng, audio.shape[0])]
+  raise ValueError(f"audio_mode: unknown {mode!r}; expected normal, zero or shuffle")
+
+
+def init_state(model: kf.KeyframeProcessor, tc: Any, sample_batch: dict, seed: int = 0
+               ) -> TrainState:
+  """Initialise params (from one sample batch's shapes) and the optimizer."""
+  f = flatten_frames({k: v[:1] for k, v in sample_batch.items() if hasattr(v, "shape")
+                      and v.dtype.kind not in "OSU"})
+  key = jax.random.PRNGKey(seed)
+  variables = jax.jit(lambda k: model.init(
+      k, jnp.asarray(f["frames"]), audio_embed=f.get("audio_embed"),
+      audio_logmel=None if "audio_embed" in f else f.get("audio_logmel")))(key)
+  variables = dict(variables)
+  params = variables.pop("params")
+  return TrainState.create(params, make_optimizer(tc), extra=variables,
+                           rng=jax.random.fold_in(key, 1))
+
+
+def make_predict_fn(model: kf.KeyframeProcessor, audio_mode: str = "normal"):
+  """jit(predict)(params, extra, batch) -> logits [B, T, H, W, C]."""
+
+  @jax.jit
+  def predict(params, extra, batch):
+    f = flatten_frames(batch)
+    audio = f.get("audio_embed")
+    if audio is not None:
+      audio = corrupt_audio(audio, audio_mode, jax.random.PRNGKey(0))
+    logits = model.apply({"params": params, **extra}, f["frames"], audio_embed=audio,
+                         audio_logmel=None if audio is not None else f.get("audio_logmel"))
+    b, t = batch["frames"].shape[:2]
+    return logits.reshape((b, t) + logits.shape[1:])
+
+  return predict
+
+
+def evaluate(predict, params, extra, batches, num_classes: int, keyframes_only: bool = False,
+             eval_batch_frames: Optional[int] = None) -> dict:
+  """AVSBench metrics over `batches` (each clip is one metric batch, as AVSBench's one-video
+  batches). Frames without GT / padded (and non-keyframes if keyframes_only) are skipped."""
+  from coprop_jax.eval import metrics
+  meter = metrics.BinaryMeter() if num_classes == 1 else metrics.SemanticMeter(num_classes)
+  for batch in batches:
+    arrays = {k: v for k, v in batch.items() if getattr(v, "dtype", np.dtype("O")).kind not in "OSU"}
+    logits = np.asarray(predict(params, extra, arrays))
+    for i in range(logits.shape[0]):
+      valid = batch["gt_valid"][i] & batch["frame_valid"][i]
+      if keyframes_only:
+        valid = valid & (batch["control_points"][i] == 1)
+      if not valid.any():
+        continue
+      lg = logits[i][..., 0] if num_classes == 1 else logits[i]
+      meter.add(lg[valid], batch["masks"][i][valid])
+  del eval_batch_frames
+  return meter.result()

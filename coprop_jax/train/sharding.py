@@ -1,0 +1,69 @@
+"""Mesh and data-parallel sharding helpers.
+
+One mesh axis `data` by default (optionally a second `model` axis for FSDP-style parameter
+sharding). Batches are split over `data` along their leading axis; parameters are replicated,
+or sharded by `fsdp_sharding` (largest dimension divisible by the `model` axis size).
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+
+def make_mesh(num_data: Optional[int] = None, num_model: int = 1,
+              devices: Optional[list] = None) -> Mesh:
+  """Mesh ('data', 'model') over `devices` (default all); num_data defaults to n / num_model."""
+  devices = jax.devices() if devices is None else devices
+  n = len(devices)
+  num_data = n // num_model if num_data is None else num_data
+  if num_data * num_model != n:
+    raise ValueError(f"make_mesh: data {num_data} x model {num_model} != {n} devices")
+  return Mesh(np.asarray(devices).reshape(num_data, num_model), ("data", "model"))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
+  return NamedSharding(mesh, P("data", *([None] * (ndim - 1))))
+
+
+def fsdp_sharding(mesh: Mesh, tree: Any, min_size: int = 2 ** 14) -> Any:
+  """Per-leaf shardings: the largest dim divisible by the 'model' axis is sharded on it
+  (leaves smaller than min_size stay replicated)."""
+  m = mesh.shape["model"]
+
+  def one(x):
+    shape = getattr(x, "shape", ())
+    if m == 1 or int(np.prod(shape)) < min_size:
+      return replicated(mesh)
+    for ax in np.argsort(shape)[::-1]:
+      if shape[ax] % m == 0:
+        spec = [None] * len(shape)
+        spec[ax] = "model"
+        return NamedSharding(mesh, P(*spec))
+    return replicated(mesh)
+
+  return jax.tree.map(one, tree)
+
+
+def shard_batch(mesh: Mesh, batch: dict) -> dict:
+  """Put a host batch (numpy arrays, leading axis = global batch) onto the mesh, split over
+  'data'. Non-array entries (e.g. video ids) are dropped. Raises if the batch does not divide."""
+  n = mesh.shape["data"]
+  out = {}
+  for k, v in batch.items():
+    if not isinstance(v, (np.ndarray, jax.Array)) or v.dtype.kind in "OSU":
+      continue
+    if v.shape[0] % n:
+      raise ValueError(f"shard_batch: '{k}' batch {v.shape[0]} not divisible by data axis {n}")
+    out[k] = jax.device_put(v, batch_sharding(mesh, v.ndim))
+  return out
+
+
+def put_replicated(mesh: Mesh, tree: Any) -> Any:
+  return jax.device_put(tree, replicated(mesh))

@@ -1,0 +1,84 @@
+"""In-memory audio-conditioned toy clips for KPF tests and the tiny config.
+
+Each clip shows `num_objects` coloured squares at fixed positions; the audio embedding of frame t
+is the (noisy) fixed 128-d code of the object sounding at t. The mask is the sounding object
+(binary: 1; semantic: its class id 1..K). The sounding object can switch mid-clip, which makes
+that frame a keyframe (control point 1). Without the audio, a model cannot tell which object to
+segment: an audio-blind model's J is bounded well below an audio-aware one's.
+Batches use the shared vocabulary (frames float32 normalised, masks int32, gt_valid, frame_valid,
+audio_embed, control_points, video_id).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+COLOURS = np.array([[230, 40, 40], [40, 200, 60], [40, 80, 230], [220, 220, 40], [200, 40, 200]],
+                   np.float32)
+
+
+def class_codes(num_classes: int, seed: int = 1234) -> np.ndarray:
+  """Fixed audio codes [num_classes, 128] (unit norm x 3)."""
+  r = np.random.default_rng(seed).normal(size=(num_classes, 128)).astype(np.float32)
+  return 3.0 * r / np.linalg.norm(r, axis=1, keepdims=True)
+
+
+def make_clip(rng: np.random.Generator, size: int = 64, frames: int = 5, num_objects: int = 2,
+              num_classes: int = 3, semantic: bool = False, switch_prob: float = 0.4,
+              gt_every_frame: bool = True) -> dict:
+  """One clip: frames [T,H,W,3] float32 (ImageNet-normalised), masks [T,H,W] int32, etc."""
+  if num_objects > num_classes:
+    raise ValueError(f"toy make_clip: num_objects {num_objects} > num_classes {num_classes}")
+  codes = class_codes(num_classes)
+  cls = rng.choice(num_classes, num_objects, replace=False)
+  side = size // 4
+  img = np.full((size, size, 3), 110.0, np.float32) + rng.normal(0, 8, (size, size, 3))
+  obj_masks = []
+  cells = rng.choice(9, num_objects, replace=False)
+  for k, cell in enumerate(cells):
+    cy, cx = divmod(int(cell), 3)
+    y0 = cy * size // 3 + rng.integers(0, max(1, size // 3 - side))
+    x0 = cx * size // 3 + rng.integers(0, max(1, size // 3 - side))
+    m = np.zeros((size, size), bool)
+    m[y0:y0 + side, x0:x0 + side] = True
+    img[m] = COLOURS[cls[k] % len(COLOURS)]
+    obj_masks.append(m)
+  sounding = np.zeros(frames, int)
+  sounding[0] = rng.integers(num_objects)
+  for t in range(1, frames):
+    sounding[t] = rng.integers(num_objects) if rng.random() < switch_prob else sounding[t - 1]
+  cp = np.zeros(frames, np.int32)
+  cp[0] = 1
+  cp[1:] = (sounding[1:] != sounding[:-1])
+  mean = np.array([0.485, 0.456, 0.406], np.float32) * 255
+  std = np.array([0.229, 0.224, 0.225], np.float32) * 255
+  img = (np.clip(img, 0, 255) - mean) / std
+  masks = np.stack([obj_masks[s].astype(np.int32) * (int(cls[s]) + 1 if semantic else 1)
+                    for s in sounding])
+  audio = codes[cls[sounding]] + rng.normal(0, 0.3, (frames, 128)).astype(np.float32)
+  gt_valid = np.ones(frames, bool) if gt_every_frame else np.arange(frames) == 0
+  return dict(frames=np.repeat(img[None], frames, 0).astype(np.float32), masks=masks,
+              gt_valid=gt_valid, frame_valid=np.ones(frames, bool),
+              audio_embed=audio.astype(np.float32), control_points=cp)
+
+
+def make_batch(rng: np.random.Generator, batch: int, **kw) -> dict:
+  clips = [make_clip(rng, **kw) for _ in range(batch)]
+  out = {k: np.stack([c[k] for c in clips]) for k in clips[0]}
+  out["video_id"] = np.array([f"toy{rng.integers(1 << 30)}" for _ in range(batch)])
+  return out
+
+
+def make_dataset(seed: int, num_clips: int, **kw) -> list[dict]:
+  """A fixed list of clips (a tiny 'training set')."""
+  rng = np.random.default_rng(seed)
+  return [make_clip(rng, **kw) for _ in range(num_clips)]
+
+
+def iterate_batches(clips: list[dict], batch: int, seed: int = 0):
+  """Endless shuffled batches from a fixed clip list."""
+  rng = np.random.default_rng(seed)
+  while True:
+    idx = rng.permutation(len(clips))
+    for i in range(0, len(idx) - batch + 1, batch):
+      sel = [clips[j] for j in idx[i:i + batch]]
+      yield {k: np.stack([c[k] for c in sel]) for k in sel[0]}
