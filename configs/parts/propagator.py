@@ -30,4 +30,7 @@ def get_propagator_config() -> ml_collections.ConfigDict:
   c.remat = False
   # Compute dtype: "float32" or "bfloat16" (parameters stay float32).
   c.dtype = "float32"
+  # Inference clip lengths are padded up to a multiple of this (frame_valid False on the padding)
+  # so one compiled scan serves many lengths.
+  c.length_bucket = 32
   return c

@@ -1,0 +1,109 @@
+"""aot-benchmark checkpoint -> Propagator params (REFERENCE section 2 key families).
+
+Every source key under the propagator families is consumed, every target parameter filled and
+shape-checked. Audio-insert / identity-from-audio parameters do not exist in AOT: they keep their
+zero-effect initialisation (zero output projections), so the converted network equals AOT.
+`encoder.*` keys are handed to `coprop_jax.convert.mobilenet_v2.convert` (or resnet) when that
+module exists; otherwise pass `encoder=None` and they are reported/ignored explicitly.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any, Mapping, Optional
+
+import jax
+import numpy as np
+
+from coprop_jax.convert.checkpoint_io import (CheckpointError, SourceDict, check_params_match, conv,
+                                              linear, strip_prefixes)
+
+
+def _unwrap(sd: Mapping[str, Any]) -> dict:
+  if "state_dict" in sd and isinstance(sd["state_dict"], Mapping):
+    sd = sd["state_dict"]
+  sd = dict(sd)
+  if all(k.startswith("module.") for k in sd):
+    sd = {k[len("module."):]: v for k, v in sd.items()}
+  return sd
+
+
+def _dense(src, key):
+  return {"kernel": src.take(key + ".weight", linear), "bias": src.take(key + ".bias")}
+
+
+def _conv(src, key, bias=True):
+  out = {"kernel": src.take(key + ".weight", conv)}
+  if bias:
+    out["bias"] = src.take(key + ".bias")
+  return out
+
+
+def _norm(src, key):
+  return {"scale": src.take(key + ".weight"), "bias": src.take(key + ".bias")}
+
+
+def convert(src: SourceDict, init_params: Any, num_layers: int, prefix: str = "") -> dict:
+  """Fills AOT weights into a copy of `init_params` (the Propagator's own init, whose audio params
+  stay as initialised). Keys taken from `src` (prefix e.g. "" or "module.")."""
+  p = jax.tree_util.tree_map(np.asarray, jax.device_get(init_params))
+  p = jax.tree_util.tree_map(lambda x: x, dict(p))
+  q = prefix
+  p["encoder_projector"] = _conv(src, q + "encoder_projector")
+  p["patch_wise_id_bank"] = _conv(src, q + "patch_wise_id_bank")
+  for l in range(num_layers):
+    k = f"{q}LSTT.layers.{l}."
+    lay = {}
+    for n in ("norm1", "norm2", "norm3"):
+      lay[n] = _norm(src, k + n)
+    for n in ("linear_Q", "linear_V", "linear1", "linear2"):
+      lay[n] = _dense(src, k + n)
+    lay["self_attn"] = {n: _dense(src, k + "self_attn." + n)
+                        for n in ("linear_Q", "linear_K", "linear_V", "projection")}
+    lay["long_term_attn"] = {"projection": _dense(src, k + "long_term_attn.projection")}
+    rel_v = src.take(k + "short_term_attn.relative_emb_v")
+    rel_v = rel_v.reshape(rel_v.shape[-3:])  # [(1,) H, D, W2]
+    lay["short_term_attn"] = {"relative_emb_k": _conv(src, k + "short_term_attn.relative_emb_k"),
+                              "relative_emb_v": rel_v,
+                              "projection": _dense(src, k + "short_term_attn.projection")}
+    lay["activation"] = {"gn": _norm(src, k + "activation.gn"),
+                         "conv": _conv(src, k + "activation.conv", bias=False)}
+    p[f"layers_{l}"] = lay
+    p[f"decoder_norms_{l}"] = _norm(src, f"{q}LSTT.decoder_norms.{l}")
+  dec = {}
+  for n in ("conv_in", "conv_16x", "conv_8x", "conv_4x"):
+    dec[n] = {"conv": _conv(src, f"{q}decoder.{n}.conv", bias=False), "gn": _norm(src, f"{q}decoder.{n}.gn")}
+  for n in ("adapter_16x", "adapter_8x", "adapter_4x", "conv_out"):
+    dec[n] = _conv(src, f"{q}decoder.{n}")
+  p["decoder"] = dec
+  return p
+
+
+def from_torch_state_dict(state_dict: Mapping[str, Any], init_params: Any, num_layers: int,
+                          encoder: Optional[str] = "mobilenet_v2") -> dict:
+  """AOT checkpoint dict -> {"propagator": params, "encoder": variables or None}.
+
+  `init_params`: `Propagator.init(...)["params"]` for the target config (gives the audio params
+  their zero-effect init and the shapes to check). `encoder`: "mobilenet_v2", "resnet" or None
+  (None: `encoder.*` keys are listed as skipped in the report, nothing else may remain).
+  """
+  sd = {k: np.asarray(v) for k, v in _unwrap(state_dict).items()}
+  src = SourceDict(sd, "AOT checkpoint", ignore=(lambda k: k.startswith("encoder.")) if encoder is None
+                   else (lambda k: False))
+  params = convert(src, init_params, num_layers)
+  enc_vars = None
+  if encoder is not None:
+    mod = importlib.import_module(f"coprop_jax.convert.{encoder}")
+    enc_vars = mod.convert(src, prefix="encoder.")
+  src.finish()
+  check_params_match(params, init_params, "AOT propagator")
+  return {"propagator": params, "encoder": enc_vars}
+
+
+def report(state_dict: Mapping[str, Any]) -> str:
+  """One line per key family with counts, for the CLI's report."""
+  sd = _unwrap(state_dict)
+  fam: dict[str, int] = {}
+  for k in sd:
+    f = k.split(".")[0] if not k.startswith("LSTT.") else ".".join(k.split(".")[:2])
+    fam[f] = fam.get(f, 0) + 1
+  return "\n".join(f"{f}: {n} tensors" for f, n in sorted(fam.items()))
