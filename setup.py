@@ -22,6 +22,7 @@ INSTALL_REQUIRES = [
     "safetensors>=0.4.3",    # checkpoint reading without a PyTorch model
     "ml-dtypes>=0.4.0",      # bfloat16 safetensors
     "tqdm>=4.66",
+    "importlib_resources>=6.0",  # TFDS without TensorFlow needs it
 ]
 
 EXTRAS_REQUIRE = {
