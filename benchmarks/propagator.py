@@ -59,7 +59,7 @@ def main():
     mem = compiled.memory_analysis()
     fps = None
     if t <= a.run_frames:
-      args = (params, mask, jnp.zeros((1, t, s, s, 3)), jnp.zeros((1, t, 128)), jnp.ones((1, t), bool))
+      args = (params, mask, jnp.zeros((1, t, s, s, 3)), jnp.zeros((1, t, 128)), jnp.ones((1, t), bool), None)
       compiled(*args).block_until_ready()
       t0 = time.perf_counter()
       compiled(*args).block_until_ready()

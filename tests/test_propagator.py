@@ -241,7 +241,8 @@ def aot_state_dict(layers=2, d=32, heads=4, ffn=64, ids=3, md=2, enc=ENC, encode
   r = lambda *s: (0.1 * rng.standard_normal(s)).astype(np.float32)
   w2 = (2 * md + 1) ** 2
   sd = {"encoder_projector.weight": r(d, enc[3], 1, 1), "encoder_projector.bias": r(d),
-        "patch_wise_id_bank.weight": r(d, ids, 17, 17), "patch_wise_id_bank.bias": r(d)}
+        "patch_wise_id_bank.weight": r(d, ids, 17, 17), "patch_wise_id_bank.bias": r(d),
+        "LSTT.mask_token": r(1, 1, d)}  # exists in AOT checkpoints, unused
   for l in range(layers):
     k = f"LSTT.layers.{l}."
     for n in ("norm1", "norm2", "norm3"):

@@ -5,7 +5,8 @@ shape-checked. Audio-insert / identity-from-audio parameters do not exist in AOT
 zero-effect initialisation (zero output projections), so the converted network equals AOT.
 `encoder.*` keys go to `coprop_jax.convert.mobilenet_v2.convert` (AOT-L and smaller) or
 `coprop_jax.convert.resnet.convert_aot` (R50-AOTL: conv1..layer3, no layer4); with `encoder=None`
-they are skipped explicitly. `num_batches_tracked` buffers are ignored.
+they are skipped explicitly. `num_batches_tracked` buffers and the unused `LSTT.mask_token`
+are ignored.
 """
 from __future__ import annotations
 
@@ -109,8 +110,10 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], init_params: Any, num_l
     init_encoder = init_params.get("encoder") if init_encoder is None else init_encoder
     init_params = init_params["propagator"]
   sd = {k: np.asarray(v) for k, v in _unwrap(state_dict).items()}
+  # LSTT.mask_token is a parameter AOT creates but never uses (its mask_out call is commented out).
   src = SourceDict(sd, "AOT checkpoint",
-                   ignore=lambda k: k.endswith("num_batches_tracked") or (encoder is None and k.startswith("encoder.")))
+                   ignore=lambda k: (k.endswith("num_batches_tracked") or k == "LSTT.mask_token"
+                                     or (encoder is None and k.startswith("encoder."))))
   params = convert(src, init_params, num_layers)
   enc_vars = convert_encoder(src, encoder) if encoder is not None else None
   src.finish()
