@@ -32,6 +32,7 @@ from typing import Any, Callable, Optional, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from coprop_jax.models.layers import DropPath, GroupNorm, LayerNorm, gelu_exact
 
@@ -82,25 +83,26 @@ def local_attention(q: Array, k: Array, v: Array, rel_k: Array, rel_v: Array, ma
 
   q, k, v: [B, h, w, H, D] (q already scaled); rel_k: [B, h, w, H, W2] relative-position logits;
   rel_v: [H, D, W2] relative value bias. Window positions outside the image are masked.
-  Implemented with patch extraction (a gather of W2 shifted copies), never an (hw x hw) matrix.
+  Implemented as one gather of the W2 shifted copies of the zero-padded k/v (no identity-kernel
+  convolution, no (hw x hw) matrix).
   Returns [B, h, w, H, D].
   """
   b, h, w, nh, d = q.shape
   win = 2 * max_dis + 1
+  dy, dx = np.divmod(np.arange(win * win), win)  # window index j = dy*win + dx (torch unfold order)
+  oy = np.arange(h)[:, None, None] + dy[None, None, :]  # [h, 1, W2] rows in the padded map
+  ox = np.arange(w)[None, :, None] + dx[None, None, :]  # [1, w, W2]
+  valid = ((oy >= max_dis) & (oy < h + max_dis)) & ((ox >= max_dis) & (ox < w + max_dis))  # [h,w,W2]
 
-  def patches(x):  # [B,h,w,C] -> [B,h,w,C,W2], window index = (dy+md)*win + (dx+md)
-    p = jax.lax.conv_general_dilated_patches(
-        x, (win, win), (1, 1), [(max_dis, max_dis), (max_dis, max_dis)],
-        dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    return p.reshape(x.shape[:3] + (x.shape[3], win * win))
+  def patches(x):  # [B,h,w,H,D] -> [B,h,w,W2,H,D]: one gather of W2 shifted copies, no matmul
+    xp = jnp.pad(x, ((0, 0), (max_dis, max_dis), (max_dis, max_dis), (0, 0), (0, 0)))
+    return xp[:, oy, ox]
 
-  kp = patches(k.reshape(b, h, w, nh * d)).reshape(b, h, w, nh, d, win * win)
-  vp = patches(v.reshape(b, h, w, nh * d)).reshape(b, h, w, nh, d, win * win)
-  valid = patches(jnp.ones((1, h, w, 1), jnp.float32))[..., 0, :] > 0.5  # [1,h,w,W2]
-  logits = jnp.einsum("bhwnd,bhwndk->bhwnk", q, kp).astype(jnp.float32) + rel_k.astype(jnp.float32)
-  logits = jnp.where(valid[:, :, :, None, :], logits, NEG)
+  kp, vp = patches(k), patches(v)
+  logits = jnp.einsum("bhwnd,bhwknd->bhwnk", q, kp).astype(jnp.float32) + rel_k.astype(jnp.float32)
+  logits = jnp.where(jnp.asarray(valid)[None, :, :, None, :], logits, NEG)
   attn = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-  out = jnp.einsum("bhwnk,bhwndk->bhwnd", attn, vp)
+  out = jnp.einsum("bhwnk,bhwknd->bhwnd", attn, vp)
   return out + jnp.einsum("bhwnk,ndk->bhwnd", attn, rel_v.astype(v.dtype))
 
 
