@@ -39,22 +39,34 @@ def keyframe_mask(max_objects):
 
 
 def init(model, frames, audio, mask):
-  return jax.jit(lambda f, a, mk: P.init_params(model, jax.random.PRNGKey(1), fake_encode(None, f), a,
-                                                jax.nn.one_hot(mk, model.max_objects + 1)))(
-      frames[:, 0], audio[:, 0, None], mask)
+  return P.init_params(model, jax.random.PRNGKey(1), fake_encode(None, frames[:, 0]), audio[:, 0, None],
+                       jax.nn.one_hot(mask, model.max_objects + 1))
+
+
+def converted_params(model, seed=0):
+  """Params without compiling an init: AOT weights from a synthetic state dict into the shape-only
+  init; the audio parameters (absent from AOT) get random values so the audio paths are live."""
+  frames, audio = clip(1)
+  shapes = jax.eval_shape(lambda: init(model, frames, audio, keyframe_mask(model.max_objects)))
+  p = aot_convert.from_torch_state_dict(aot_state_dict(seed=seed), shapes, model.num_layers,
+                                        encoder=None)["propagator"]
+  rng = np.random.default_rng(seed + 1)
+  for k in p:
+    if k.startswith("audio_insert") or k == "id_audio":
+      p[k] = jax.tree_util.tree_map(lambda x: (0.1 * rng.standard_normal(x.shape)).astype(np.float32), p[k])
+  return p
 
 
 @pytest.fixture(scope="module")
 def setup():
   m = tiny()
-  frames, audio = clip(BUCKET)
   mask = keyframe_mask(m.max_objects)
-  params = {"propagator": init(m, frames, audio, mask)}
+  params = {"propagator": converted_params(m)}
   run = P.make_propagate_fn(m, fake_encode, memory_slots=SLOTS, mem_gap=GAP, length_bucket=BUCKET)
   return m, params, mask, run
 
 
-def loop_reference(m, params, mask, frames, audio, memory_slots, mem_gap):
+def loop_reference(m, params, mask, frames, audio, memory_slots, mem_gap, num_objects=None):
   """Un-jitted frame-by-frame AOT engine: long-term memory = reference + the last `memory_slots`
   memory frames (a Python list, concatenated), short-term = previous frame re-fused with its
   predicted mask; a memory frame every `mem_gap` frames."""
@@ -74,6 +86,8 @@ def loop_reference(m, params, mask, frames, audio, memory_slots, mem_gap):
                jnp.ones((B, len(long)), bool), short[i][0], short[i][1]) for i in range(m.num_layers)]
     outs, kvs = ap(feats[3], memory, None, True, method=P.Propagator.lstt)
     logits = ap(outs, feats, (H, W), method=P.Propagator.decode)
+    if num_objects is not None:
+      logits = jnp.where(jnp.arange(n_ids) <= num_objects, logits, -1e9)
     pred = jax.nn.one_hot(jnp.argmax(logits, -1), n_ids)
     short = ap(kvs, ap(pred, a, method=P.Propagator.id_embed), method=P.Propagator.fuse)
     if t % mem_gap == 0:
@@ -115,23 +129,20 @@ def test_bucketing_and_frame_valid_share_one_compile(setup):
   assert P.bucket_length(7, 0) == 7
 
 
-def test_ids_output_and_num_objects():
-  """output="ids" is the argmax of the logits; ids above num_objects never win."""
-  m = tiny(num_layers=1)
-  frames, audio = clip(3, seed=2)
-  mask = keyframe_mask(m.max_objects)
-  p = init(m, frames, audio, mask)
-  fn = jax.jit(lambda o, n: P.propagate_features(
-      m, p, mask, frames, audio, memory_slots=1, mem_gap=2, encode=fake_encode, output=o,
-      num_objects=n), static_argnums=0)
-  n = jnp.array([1])
-  logits, ids = fn("logits", n), fn("ids", n)
-  assert ids.shape == (B, 3, H, W) and ids.dtype == jnp.int32
-  np.testing.assert_array_equal(np.asarray(ids[:, 1:]), np.argmax(np.asarray(logits[:, 1:]), -1))
+def test_ids_output_and_num_objects(setup):
+  """output="ids" with num_objects=1 equals the argmax of the loop reference with ids > 1 masked."""
+  m, params, mask, _ = setup
+  frames, audio = clip(4, seed=2)
+  ids = jax.jit(lambda p, f, a, n: P.propagate_features(
+      m, p, mask, f, a, memory_slots=SLOTS, mem_gap=GAP, encode=fake_encode, output="ids",
+      num_objects=n))(params["propagator"], frames, audio, jnp.array([1]))
+  want = loop_reference(m, params["propagator"], mask, frames, audio, SLOTS, GAP, num_objects=1)
+  assert ids.shape == (B, 4, H, W) and ids.dtype == jnp.int32
   np.testing.assert_array_equal(np.asarray(ids[:, 0]), np.asarray(mask))
+  assert np.mean(np.asarray(ids[:, 1:]) == np.argmax(want[:, 1:], -1)) > 0.999
   assert int(ids[:, 1:].max()) <= 1
   with pytest.raises(ValueError, match="output"):
-    P.propagate_features(m, p, mask, frames, audio, encode=fake_encode, output="probs")
+    P.propagate_features(m, params["propagator"], mask, frames, audio, encode=fake_encode, output="probs")
 
 
 def test_local_attention_equals_bruteforce():
@@ -284,7 +295,8 @@ def test_aot_conversion_and_zero_effect_audio_insert():
   mask = keyframe_mask(2)
   feats = fake_encode(None, frames[:, 0])
   p_av = aot_convert.from_torch_state_dict(sd, init(m_av, frames, audio, mask), 2, encoder=None)["propagator"]
-  p_v = aot_convert.from_torch_state_dict(sd, init(m_v, frames, audio, mask), 2, encoder=None)["propagator"]
+  shapes_v = jax.eval_shape(lambda: init(m_v, frames, audio, mask))  # no audio params: shapes suffice
+  p_v = aot_convert.from_torch_state_dict(sd, shapes_v, 2, encoder=None)["propagator"]
   np.testing.assert_array_equal(p_v["layers_1"]["linear1"]["kernel"],
                                 sd["state_dict"]["module.LSTT.layers.1.linear1.weight"].T)
   oh = jax.nn.one_hot(mask, 3)
