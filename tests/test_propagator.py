@@ -81,7 +81,7 @@ def loop_reference(m, params, mask, frames, audio, memory_slots, mem_gap, num_ob
   for t in range(1, frames.shape[1]):
     a = audio[:, t, None]
     feats = ap(fake_encode(None, frames[:, t]), a, method=P.Propagator.embed)
-    long = [ref] + mems[len(mems) - memory_slots:] if mems else [ref]
+    long = [ref] + mems[max(0, len(mems) - memory_slots):]
     memory = [(jnp.stack([fr[i][0] for fr in long], 1), jnp.stack([fr[i][1] for fr in long], 1),
                jnp.ones((B, len(long)), bool), short[i][0], short[i][1]) for i in range(m.num_layers)]
     outs, kvs = ap(feats[3], memory, None, True, method=P.Propagator.lstt)
