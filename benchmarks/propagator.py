@@ -1,17 +1,19 @@
 """Propagator inference benchmark: one JSON line per clip length.
 
-python benchmarks/propagator.py [--frames 8,64,512] [--size 224] [--layers 3] [--d_model 256]
-    [--dtype float32] [--run_frames 8]
-temp_bytes comes from the compiled executable's memory analysis (lower/compile, no execution);
-frames_per_s is measured only for T <= --run_frames. The encoder is a fixed stand-in producing
-MobileNetV2-shaped maps (24@1/4, 32@1/8, 96@1/16, 1280@1/16) from strided average pooling, so the
-figures cover the propagator itself.
+python benchmarks/propagator.py [--frames 8,64,512] [--size 224] [--encoder mobilenet_v2]
+    [--output logits] [--layers 3] [--dtype float32] [--run_frames 8]
+AOT-L sized (3 LSTT layers, d_model 256, 8 heads, FFN 1024, 2 ids, 4 memory slots, gap 5).
+compile_s / temp_bytes / output_bytes / argument_bytes come from lowering and compiling for
+each T (no execution); frames_per_s is measured (second run) only for T <= --run_frames.
+--encoder fake replaces the visual encoder with strided average pooling producing
+MobileNetV2-shaped maps (24@1/4, 32@1/8, 96@1/16, 1280@1/16), to isolate the propagator.
 """
 import argparse, json, resource, time
 
 import jax
 import jax.numpy as jnp
 
+from configs.parts.propagator import get_propagator_config
 from coprop_jax.models import propagator as P
 
 
@@ -25,35 +27,49 @@ def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--frames", default="8,64,512")
   ap.add_argument("--size", type=int, default=224)
+  ap.add_argument("--encoder", default="mobilenet_v2", choices=["fake", "mobilenet_v2", "resnet50"])
+  ap.add_argument("--output", default="logits", choices=["logits", "ids"])
   ap.add_argument("--layers", type=int, default=3)
-  ap.add_argument("--d_model", type=int, default=256)
   ap.add_argument("--dtype", default="float32")
   ap.add_argument("--run_frames", type=int, default=8)
   a = ap.parse_args()
-  m = P.Propagator(num_layers=a.layers, d_model=a.d_model, ffn_dim=4 * a.d_model, max_objects=1,
-                   dtype=jnp.dtype(a.dtype))
+  cfg = get_propagator_config()
+  cfg.num_layers, cfg.dtype, cfg.max_objects = a.layers, a.dtype, 1
+  cfg.encoder = "mobilenet_v2" if a.encoder == "fake" else a.encoder
   s = a.size
-  frame = jnp.zeros((1, s, s, 3))
+  m = P.from_config(cfg)
+  if a.encoder == "fake":
+    encode = fake_encoder
+    frame = jnp.zeros((1, s, s, 3))
+    params = {"propagator": jax.jit(lambda r: P.init_params(
+        m, r, fake_encoder(None, frame), jnp.zeros((1, 1, 128)),
+        jax.nn.one_hot(jnp.zeros((1, s, s), jnp.int32), 2)))(jax.random.PRNGKey(0))}
+  else:
+    _, encode = P.build_encoder(cfg)
+    params = jax.jit(lambda r: P.init(cfg, r, (s, s)))(jax.random.PRNGKey(0))
+  run = P.make_propagate_fn(m, encode, cfg.memory_slots, cfg.mem_gap, output=a.output)
   mask = jnp.zeros((1, s, s), jnp.int32)
-  params = jax.jit(lambda r: P.init_params(m, r, fake_encoder(None, frame), jnp.zeros((1, 1, 128)),
-                                           jax.nn.one_hot(mask, 2)))(jax.random.PRNGKey(0))
-  fn = jax.jit(lambda p, mk, f, au: P.propagate(m, {"propagator": p}, mk, f, au, fake_encoder))
   for t in [int(x) for x in a.frames.split(",")]:
     frames = jax.ShapeDtypeStruct((1, t, s, s, 3), jnp.float32)
     audio = jax.ShapeDtypeStruct((1, t, 128), jnp.float32)
+    fv = jax.ShapeDtypeStruct((1, t), jnp.bool_)
     t0 = time.perf_counter()
-    compiled = fn.lower(params, mask, frames, audio).compile()
+    compiled = run.jitted.lower(params, mask, frames, audio, fv, None).compile()
     compile_s = time.perf_counter() - t0
     mem = compiled.memory_analysis()
     fps = None
     if t <= a.run_frames:
-      args = (params, mask, jnp.zeros((1, t, s, s, 3)), jnp.zeros((1, t, 128)))
+      args = (params, mask, jnp.zeros((1, t, s, s, 3)), jnp.zeros((1, t, 128)), jnp.ones((1, t), bool), None)
       compiled(*args).block_until_ready()
       t0 = time.perf_counter()
       compiled(*args).block_until_ready()
       fps = t / (time.perf_counter() - t0)
-    print(json.dumps(dict(frames=t, height=s, width=s, frames_per_s=fps, compile_s=round(compile_s, 2),
+    print(json.dumps(dict(frames=t, height=s, width=s, encoder=a.encoder, output=a.output,
+                          frames_per_s=None if fps is None else round(fps, 2),
+                          compile_s=round(compile_s, 2),
                           temp_bytes=getattr(mem, "temp_size_in_bytes", None),
+                          output_bytes=getattr(mem, "output_size_in_bytes", None),
+                          argument_bytes=getattr(mem, "argument_size_in_bytes", None),
                           peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
                           device=jax.devices()[0].platform)), flush=True)
 

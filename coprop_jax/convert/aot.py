@@ -3,12 +3,13 @@
 Every source key under the propagator families is consumed, every target parameter filled and
 shape-checked. Audio-insert / identity-from-audio parameters do not exist in AOT: they keep their
 zero-effect initialisation (zero output projections), so the converted network equals AOT.
-`encoder.*` keys are handed to `coprop_jax.convert.mobilenet_v2.convert` (or resnet) when that
-module exists; otherwise pass `encoder=None` and they are reported/ignored explicitly.
+`encoder.*` keys go to `coprop_jax.convert.mobilenet_v2.convert` (AOT-L and smaller) or
+`coprop_jax.convert.resnet.convert_aot` (R50-AOTL: conv1..layer3, no layer4); with `encoder=None`
+they are skipped explicitly. `num_batches_tracked` buffers and the unused `LSTT.mask_token`
+are ignored.
 """
 from __future__ import annotations
 
-import importlib
 from typing import Any, Mapping, Optional
 
 import jax
@@ -45,7 +46,9 @@ def _norm(src, key):
 def convert(src: SourceDict, init_params: Any, num_layers: int, prefix: str = "") -> dict:
   """Fills AOT weights into a copy of `init_params` (the Propagator's own init, whose audio params
   stay as initialised). Keys taken from `src` (prefix e.g. "" or "module.")."""
-  p = jax.tree_util.tree_map(np.asarray, jax.device_get(init_params))
+  # Shape-only inits (jax.eval_shape) are accepted: their leaves become zeros of that shape.
+  leaf = lambda x: np.zeros(x.shape, x.dtype) if isinstance(x, jax.ShapeDtypeStruct) else np.asarray(x)
+  p = jax.tree_util.tree_map(leaf, jax.device_get(init_params))
   p = jax.tree_util.tree_map(lambda x: x, dict(p))
   q = prefix
   p["encoder_projector"] = _conv(src, q + "encoder_projector")
@@ -71,31 +74,52 @@ def convert(src: SourceDict, init_params: Any, num_layers: int, prefix: str = ""
     p[f"decoder_norms_{l}"] = _norm(src, f"{q}LSTT.decoder_norms.{l}")
   dec = {}
   for n in ("conv_in", "conv_16x", "conv_8x", "conv_4x"):
-    dec[n] = {"conv": _conv(src, f"{q}decoder.{n}.conv", bias=False), "gn": _norm(src, f"{q}decoder.{n}.gn")}
+    dec[n] = {"conv": _conv(src, f"{q}decoder.{n}.conv"), "gn": _norm(src, f"{q}decoder.{n}.gn")}
   for n in ("adapter_16x", "adapter_8x", "adapter_4x", "conv_out"):
     dec[n] = _conv(src, f"{q}decoder.{n}")
   p["decoder"] = dec
   return p
 
 
+ENCODERS = ("mobilenet_v2", "resnet50")
+
+
+def convert_encoder(src: SourceDict, encoder: str, prefix: str = "encoder.") -> dict:
+  """AOT `encoder.*` keys -> {"params", "batch_stats"} of `propagator.build_encoder`'s module."""
+  if encoder == "mobilenet_v2":
+    from coprop_jax.convert.mobilenet_v2 import convert as conv_enc
+  elif encoder == "resnet50":
+    from coprop_jax.convert.resnet import convert_aot as conv_enc
+  else:
+    raise CheckpointError(f"AOT converter: encoder must be one of {ENCODERS} or None, got {encoder!r}")
+  return conv_enc(src, prefix=prefix)
+
+
 def from_torch_state_dict(state_dict: Mapping[str, Any], init_params: Any, num_layers: int,
-                          encoder: Optional[str] = "mobilenet_v2") -> dict:
+                          encoder: Optional[str] = "mobilenet_v2",
+                          init_encoder: Any = None) -> dict:
   """AOT checkpoint dict -> {"propagator": params, "encoder": variables or None}.
 
-  `init_params`: `Propagator.init(...)["params"]` for the target config (gives the audio params
-  their zero-effect init and the shapes to check). `encoder`: "mobilenet_v2", "resnet" or None
-  (None: `encoder.*` keys are listed as skipped in the report, nothing else may remain).
+  `init_params`: the Propagator's params for the target config (gives the audio params their
+  zero-effect init and the shapes to check), or `propagator.init(cfg, rng)`'s whole dict, whose
+  "encoder" entry is then used as `init_encoder`. `encoder`: "mobilenet_v2", "resnet50" or None
+  (None: `encoder.*` keys are skipped; nothing else may remain). With `init_encoder` given the
+  encoder variables are shape-checked too. Raises `CheckpointError` naming missing/extra keys.
   """
+  if isinstance(init_params, Mapping) and "propagator" in init_params:
+    init_encoder = init_params.get("encoder") if init_encoder is None else init_encoder
+    init_params = init_params["propagator"]
   sd = {k: np.asarray(v) for k, v in _unwrap(state_dict).items()}
-  src = SourceDict(sd, "AOT checkpoint", ignore=(lambda k: k.startswith("encoder.")) if encoder is None
-                   else (lambda k: False))
+  # LSTT.mask_token is a parameter AOT creates but never uses (its mask_out call is commented out).
+  src = SourceDict(sd, "AOT checkpoint",
+                   ignore=lambda k: (k.endswith("num_batches_tracked") or k == "LSTT.mask_token"
+                                     or (encoder is None and k.startswith("encoder."))))
   params = convert(src, init_params, num_layers)
-  enc_vars = None
-  if encoder is not None:
-    mod = importlib.import_module(f"coprop_jax.convert.{encoder}")
-    enc_vars = mod.convert(src, prefix="encoder.")
+  enc_vars = convert_encoder(src, encoder) if encoder is not None else None
   src.finish()
   check_params_match(params, init_params, "AOT propagator")
+  if enc_vars is not None and init_encoder is not None:
+    check_params_match(enc_vars, jax.device_get(init_encoder), f"AOT encoder ({encoder})")
   return {"propagator": params, "encoder": enc_vars}
 
 

@@ -84,3 +84,21 @@ def from_torch_state_dict(sd: Mapping[str, np.ndarray], prefix: str = "") -> dic
   want = jax.eval_shape(ResNet50().init, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
   check_params_match(out, dict(want), "ResNet-50")
   return out
+
+
+def convert_aot(src: SourceDict, prefix: str = "encoder.") -> dict:
+  """aot-benchmark R50-AOTL encoder (`{prefix}conv1`, `bn1`, `layer{1,2,3}.{j}.*`; AOT drops
+  layer4) -> {"params", "batch_stats"} for `ResNet50(output_stride=16, depths=(3, 4, 6))`.
+  AOT's FrozenBatchNorm2d has weight/bias/running_mean/running_var (no num_batches_tracked)."""
+  stem, block = _names(False, prefix)
+  params, stats = {"conv1": {"kernel": src.take(stem("conv1") + ".weight", conv)}}, {}
+  _bn(src, stem("bn1"), params, stats, "bn1")
+  for i, n in enumerate(DEPTHS[:3]):
+    for j in range(n):
+      p, s = {}, {}
+      for c in ("conv1", "conv2", "conv3") + (("downsample_conv",) if j == 0 else ()):
+        p[c] = {"kernel": src.take(block(i, j, c) + ".weight", conv)}
+      for b in ("bn1", "bn2", "bn3") + (("downsample_bn",) if j == 0 else ()):
+        _bn(src, block(i, j, b), p, s, b)
+      params[f"layer{i + 1}_{j}"], stats[f"layer{i + 1}_{j}"] = p, s
+  return {"params": params, "batch_stats": stats}

@@ -10,8 +10,18 @@ AOT checkpoint keys one to one. Differences from AOT, on purpose:
   * identity-from-audio: a zero-initialised Dense of the frame's audio added to the ID embedding.
 Both audio additions start as exact no-ops, so a converted AOT checkpoint behaves as AOT.
 
-The visual encoder is pluggable: `propagate` takes `encode(images[B,H,W,3]) -> [f4, f8, f16, f16b]`
-(channels e.g. [24, 32, 96, 1280] for MobileNetV2 as AOT uses it).
+Checked against aot-benchmark (AOT v1 block, default config): relative_emb_k is applied to the
+unscaled query; drop-path (constant rate, per sample) only on the self-attention and FFN branches
+(TRAIN_LSTT_DROPPATH_LST=False, DROPPATH_SCALING=False); position embedding normalised by the last
+index (0..h-1)/(h-1); decoder ConvGN convs have a bias; bilinear upsampling with align_corners=True
+(MODEL_ALIGN_CORNERS) both in the FPN and for the final logits; LayerNorm / GroupNorm eps 1e-5.
+Id-dropout and embedding dropout are 0 in AOT's configs and are not implemented.
+
+The visual encoder is pluggable: `propagate` takes `encode(enc_vars, images[B,H,W,3]) -> [f4, f8,
+f16, f16b]`; `build_encoder(cfg)` gives AOT's MobileNetV2 ([24, 32, 96, 1280]) or ResNet-50
+([256, 512, 1024, 1024], layer4 dropped) at output stride 16. Images are ImageNet-normalised
+(AOT: /255, mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225)); uint8 frames are normalised
+inside `encode`.
 """
 from __future__ import annotations
 
@@ -22,11 +32,49 @@ from typing import Any, Callable, Optional, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from coprop_jax.models.layers import DropPath, GroupNorm, LayerNorm, gelu_exact, sine_position_embedding_2d
+from coprop_jax.models.layers import DropPath, GroupNorm, LayerNorm, gelu_exact
 
 Array = jax.Array
 NEG = -1e9
+
+
+# ----------------------------------------------------------------------------- AOT helpers
+def aot_position_embedding(h: int, w: int, num_pos_feats: int = 128, temperature: float = 10000.0) -> Array:
+  """AOT PositionEmbeddingSine(normalize=True) -> [h, w, 2*num_pos_feats].
+
+  Unlike DETR (cumsum, 1..h over h) AOT uses coordinates 0..h-1 divided by (h-1 + 1e-6), times 2*pi;
+  channels are (y, x) features, each interleaving sin/cos.
+  """
+  eps, scale = 1e-6, 2 * math.pi
+  y = jnp.arange(h, dtype=jnp.float32)[:, None] * jnp.ones((1, w))
+  x = jnp.arange(w, dtype=jnp.float32)[None, :] * jnp.ones((h, 1))
+  y = y / (h - 1 + eps) * scale
+  x = x / (w - 1 + eps) * scale
+  dim_t = jnp.arange(num_pos_feats, dtype=jnp.float32)
+  dim_t = temperature ** (2 * (dim_t // 2) / num_pos_feats)
+  px, py = x[..., None] / dim_t, y[..., None] / dim_t
+  px = jnp.stack([jnp.sin(px[..., 0::2]), jnp.cos(px[..., 1::2])], axis=-1).reshape(h, w, -1)
+  py = jnp.stack([jnp.sin(py[..., 0::2]), jnp.cos(py[..., 1::2])], axis=-1).reshape(h, w, -1)
+  return jnp.concatenate([py, px], axis=-1)
+
+
+def _interp_matrix(n_out: int, n_in: int) -> Array:
+  """[n_out, n_in] bilinear weights with align_corners=True (torch F.interpolate semantics)."""
+  if n_in == 1 or n_out == 1:
+    return jnp.zeros((n_out, n_in), jnp.float32).at[:, 0].set(1.0)
+  src = jnp.arange(n_out, dtype=jnp.float32) * ((n_in - 1) / (n_out - 1))
+  lo = jnp.clip(jnp.floor(src).astype(jnp.int32), 0, n_in - 2)
+  frac = src - lo
+  return (jax.nn.one_hot(lo, n_in) * (1 - frac)[:, None] + jax.nn.one_hot(lo + 1, n_in) * frac[:, None])
+
+
+def resize_align_corners(x: Array, out_hw: Sequence[int]) -> Array:
+  """Bilinear resize of [B, h, w, C] to [B, *out_hw, C] with align_corners=True (AOT's setting)."""
+  mh = _interp_matrix(out_hw[0], x.shape[1]).astype(x.dtype)
+  mw = _interp_matrix(out_hw[1], x.shape[2]).astype(x.dtype)
+  return jnp.einsum("oh,bhwc,pw->bopc", mh, x, mw)
 
 
 # ----------------------------------------------------------------------------- attention kernels
@@ -35,25 +83,26 @@ def local_attention(q: Array, k: Array, v: Array, rel_k: Array, rel_v: Array, ma
 
   q, k, v: [B, h, w, H, D] (q already scaled); rel_k: [B, h, w, H, W2] relative-position logits;
   rel_v: [H, D, W2] relative value bias. Window positions outside the image are masked.
-  Implemented with patch extraction (a gather of W2 shifted copies), never an (hw x hw) matrix.
+  Implemented as one gather of the W2 shifted copies of the zero-padded k/v (no identity-kernel
+  convolution, no (hw x hw) matrix).
   Returns [B, h, w, H, D].
   """
   b, h, w, nh, d = q.shape
   win = 2 * max_dis + 1
+  dy, dx = np.divmod(np.arange(win * win), win)  # window index j = dy*win + dx (torch unfold order)
+  oy = np.arange(h)[:, None, None] + dy[None, None, :]  # [h, 1, W2] rows in the padded map
+  ox = np.arange(w)[None, :, None] + dx[None, None, :]  # [1, w, W2]
+  valid = ((oy >= max_dis) & (oy < h + max_dis)) & ((ox >= max_dis) & (ox < w + max_dis))  # [h,w,W2]
 
-  def patches(x):  # [B,h,w,C] -> [B,h,w,C,W2], window index = (dy+md)*win + (dx+md)
-    p = jax.lax.conv_general_dilated_patches(
-        x, (win, win), (1, 1), [(max_dis, max_dis), (max_dis, max_dis)],
-        dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    return p.reshape(x.shape[:3] + (x.shape[3], win * win))
+  def patches(x):  # [B,h,w,H,D] -> [B,h,w,W2,H,D]: one gather of W2 shifted copies, no matmul
+    xp = jnp.pad(x, ((0, 0), (max_dis, max_dis), (max_dis, max_dis), (0, 0), (0, 0)))
+    return xp[:, oy, ox]
 
-  kp = patches(k.reshape(b, h, w, nh * d)).reshape(b, h, w, nh, d, win * win)
-  vp = patches(v.reshape(b, h, w, nh * d)).reshape(b, h, w, nh, d, win * win)
-  valid = patches(jnp.ones((1, h, w, 1), jnp.float32))[..., 0, :] > 0.5  # [1,h,w,W2]
-  logits = jnp.einsum("bhwnd,bhwndk->bhwnk", q, kp).astype(jnp.float32) + rel_k.astype(jnp.float32)
-  logits = jnp.where(valid[:, :, :, None, :], logits, NEG)
+  kp, vp = patches(k), patches(v)
+  logits = jnp.einsum("bhwnd,bhwknd->bhwnk", q, kp).astype(jnp.float32) + rel_k.astype(jnp.float32)
+  logits = jnp.where(jnp.asarray(valid)[None, :, :, None, :], logits, NEG)
   attn = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-  out = jnp.einsum("bhwnk,bhwndk->bhwnd", attn, vp)
+  out = jnp.einsum("bhwnk,bhwknd->bhwnd", attn, vp)
   return out + jnp.einsum("bhwnk,ndk->bhwnd", attn, rel_v.astype(v.dtype))
 
 
@@ -130,14 +179,16 @@ class LocalAttentionParams(nn.Module):
 
   @nn.compact
   def __call__(self, q_map: Array, k_map: Array, v_map: Array) -> Array:
-    """q_map (scaled), k_map, v_map: [B, h, w, C] -> [B, h, w, C] (after projection)."""
+    """q_map (unscaled), k_map, v_map: [B, h, w, C] -> [B, h*w, C] (after projection).
+
+    As AOT: relative_emb_k is computed from the unscaled query, then q is scaled by 1/sqrt(hd)."""
     b, h, w, c = q_map.shape
     nh, hd, w2 = self.num_heads, c // self.num_heads, (2 * self.max_dis + 1) ** 2
     rel_k = nn.Conv(nh * w2, (1, 1), feature_group_count=nh, dtype=self.dtype,
                     name="relative_emb_k")(q_map).reshape(b, h, w, nh, w2)
     rel_v = self.param("relative_emb_v", nn.initializers.zeros, (nh, hd, w2), jnp.float32)
     sp = lambda t: t.reshape(b, h, w, nh, hd)
-    o = local_attention(sp(q_map), sp(k_map), sp(v_map), rel_k, rel_v, self.max_dis)
+    o = local_attention(sp(q_map / math.sqrt(hd)), sp(k_map), sp(v_map), rel_k, rel_v, self.max_dis)
     return nn.Dense(c, dtype=self.dtype, name="projection")(o.reshape(b, h * w, c))
 
 
@@ -201,9 +252,9 @@ class LSTTLayer(nn.Module):
     sp = lambda a: a.reshape(a.shape[:-1] + (nh, hd))
     lt = memory_attention(sp(qs), sp(long_k.astype(qs.dtype)), sp(long_v.astype(qs.dtype)), long_valid)
     lt = self.long_term_attn(lt.reshape(b, n, c))
-    st = self.short_term_attn(qs.reshape(b, h, w, c), short_k.astype(qs.dtype).reshape(b, h, w, c),
+    st = self.short_term_attn(curr_q.reshape(b, h, w, c), short_k.astype(qs.dtype).reshape(b, h, w, c),
                               short_v.astype(qs.dtype).reshape(b, h, w, c))
-    x = x + self.droppath(lt + st, deterministic)
+    x = x + lt + st  # AOT (droppath_lst=False, lt/st dropout 0): no drop-path on this branch
     t = self.linear1(self.norm3(x))
     t = self.activation(t.reshape(b, h, w, -1)).reshape(b, n, -1)
     x = x + self.droppath(self.linear2(t), deterministic)
@@ -217,14 +268,9 @@ class ConvGN(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    x = nn.Conv(self.features, (self.kernel, self.kernel), padding=self.kernel // 2, use_bias=False,
-                dtype=self.dtype, name="conv")(x)
+    x = nn.Conv(self.features, (self.kernel, self.kernel), padding=self.kernel // 2,
+                dtype=self.dtype, name="conv")(x)  # torch Conv2d default: with bias
     return GroupNorm(8, dtype=self.dtype, name="gn")(x)
-
-
-def _up2(x):
-  b, h, w, c = x.shape
-  return jax.image.resize(x, (b, 2 * h, 2 * w, c), "bilinear").astype(x.dtype)
 
 
 class FPNDecoder(nn.Module):
@@ -239,11 +285,9 @@ class FPNDecoder(nn.Module):
     d, dt = self.d_model, self.dtype
     x = nn.relu(ConvGN(d, 1, dt, name="conv_in")(jnp.concatenate(inputs, -1)))
     x = nn.relu(ConvGN(d, 3, dt, name="conv_16x")(x + nn.Conv(d, (1, 1), dtype=dt, name="adapter_16x")(shortcuts[2])))
-    x = _up2(x)
-    x = x[:, :shortcuts[1].shape[1], :shortcuts[1].shape[2]]
+    x = resize_align_corners(x, shortcuts[1].shape[1:3])
     x = nn.relu(ConvGN(d // 2, 3, dt, name="conv_8x")(x + nn.Conv(d, (1, 1), dtype=dt, name="adapter_8x")(shortcuts[1])))
-    x = _up2(x)
-    x = x[:, :shortcuts[0].shape[1], :shortcuts[0].shape[2]]
+    x = resize_align_corners(x, shortcuts[0].shape[1:3])
     x = nn.relu(ConvGN(d // 2, 3, dt, name="conv_4x")(x + nn.Conv(d // 2, (1, 1), dtype=dt, name="adapter_4x")(shortcuts[0])))
     return nn.Conv(self.num_ids, (1, 1), dtype=dt, name="conv_out")(x)
 
@@ -266,8 +310,7 @@ class Propagator(nn.Module):
     self.encoder_projector = nn.Conv(self.d_model, (1, 1), dtype=dt)
     self.patch_wise_id_bank = nn.Conv(self.d_model, (17, 17), strides=(16, 16), padding=8, dtype=dt)
     self.layers = [LSTTLayer(self.d_model, self.num_heads, self.ffn_dim, self.local_max_dis,
-                             self.drop_path * (i + 1) / self.num_layers if self.num_layers > 1 else self.drop_path,
-                             dt, name=f"layers_{i}") for i in range(self.num_layers)]
+                             self.drop_path, dt, name=f"layers_{i}") for i in range(self.num_layers)]
     self.decoder_norms = [LayerNorm(epsilon=1e-5, dtype=dt, name=f"decoder_norms_{i}")
                           for i in range(self.num_layers)]
     self.decoder = FPNDecoder(self.max_objects + 1, self.d_model, dt)
@@ -296,7 +339,7 @@ class Propagator(nn.Module):
     """x_map: [B,h,w,C]; memory: None or list per layer of (long_k, long_v, valid, short_k, short_v).
     Returns (decoder inputs list of [B,h,w,C], per-layer (curr_k, curr_v_raw))."""
     b, h, w, c = x_map.shape
-    pos = sine_position_embedding_2d(h, w, c // 2).reshape(h * w, c)
+    pos = aot_position_embedding(h, w, c // 2).reshape(h * w, c)
     x = x_map.reshape(b, h * w, c)
     outs, kvs = [x_map], []
     for i, layer in enumerate(self.layers):
@@ -311,7 +354,7 @@ class Propagator(nn.Module):
   def decode(self, outs, feats, out_hw):
     logits = self.decoder(outs, feats[:3])
     b = logits.shape[0]
-    return jax.image.resize(logits.astype(jnp.float32), (b,) + tuple(out_hw) + (logits.shape[-1],), "bilinear")
+    return resize_align_corners(logits.astype(jnp.float32), out_hw)
 
   def __call__(self, feats, audio, mask_onehot, deterministic=True):
     """Init path: reference-frame pass + one propagation step (creates every parameter)."""
@@ -333,6 +376,63 @@ def from_config(cfg) -> Propagator:
                     drop_path=cfg.drop_path, dtype=jnp.dtype(cfg.dtype))
 
 
+# ----------------------------------------------------------------------------- visual encoder
+# Channels of the four encoder maps [1/4, 1/8, 1/16, 1/16] (AOT's MODEL_ENCODER_DIM).
+ENCODER_CHANNELS = {"mobilenet_v2": (24, 32, 96, 1280), "resnet50": (256, 512, 1024, 1024)}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def normalize_images(images: Array) -> Array:
+  """uint8 RGB [..., 3] -> float32 ImageNet-normalised, as AOT's transforms (x/255 - mean) / std."""
+  x = images.astype(jnp.float32) / 255.0
+  return (x - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)
+
+
+def build_encoder(cfg):
+  """`config.propagator` -> (encoder module, encode(enc_vars, images[B,H,W,3]) -> [f4, f8, f16, f16b]).
+
+  "mobilenet_v2": AOT-L's MobileNetV2 at output stride 16, maps [24, 32, 96, 1280].
+  "resnet50": R50-AOTL's ResNet-50: conv1..layer3 at output stride 16 (layer3 stride 2, no
+  dilation), layer4 dropped as in AOT ("following STMVOS"), maps [256, 512, 1024, 1024] where
+  the last is layer3 again. Both use frozen BatchNorm. `images` are ImageNet-normalised float
+  (uint8 input is normalised here). enc_vars = {"params", "batch_stats"}.
+  """
+  from coprop_jax.models.mobilenet_v2 import MobileNetV2
+  from coprop_jax.models.resnet import ResNet50
+  dt = jnp.dtype(cfg.dtype)
+  if cfg.encoder == "mobilenet_v2":
+    module = MobileNetV2(output_stride=16, dtype=dt)
+    taps = lambda outs: list(outs)
+  elif cfg.encoder == "resnet50":
+    module = ResNet50(output_stride=16, frozen_bn=True, dtype=dt, depths=(3, 4, 6))
+    taps = lambda outs: list(outs) + [outs[2]]
+  else:
+    raise ValueError(f"propagator.encoder: expected one of {sorted(ENCODER_CHANNELS)}, got {cfg.encoder!r}")
+
+  def encode(enc_vars, images):
+    if images.dtype == jnp.uint8:
+      images = normalize_images(images)
+    return taps(module.apply(enc_vars, images))
+  return module, encode
+
+
+def init(cfg, rng, image_hw: Sequence[int] = (224, 224), audio_dim: int = 128):
+  """Initial {"propagator": params, "encoder": {"params", "batch_stats"}} for `config.propagator`.
+
+  audio_dim: channels of the per-frame audio feature (VGGish embedding: 128)."""
+  model = from_config(cfg)
+  enc_module, encode = build_encoder(cfg)
+  r_enc, r_prop = jax.random.split(rng)
+  img = jnp.zeros((1,) + tuple(image_hw) + (3,), jnp.float32)
+  enc_vars = enc_module.init(r_enc, img)
+  feats = encode(enc_vars, img)
+  mask = jax.nn.one_hot(jnp.zeros((1,) + tuple(image_hw), jnp.int32), model.max_objects + 1)
+  params = init_params(model, r_prop, feats, jnp.zeros((1, 1, audio_dim)), mask)
+  return {"propagator": params, "encoder": enc_vars}
+
+
+# ----------------------------------------------------------------------------- scan over frames
 def _audio_tokens(audio: Array) -> Array:
   """[B, T, C] -> [B, T, 1, C]; [B, T, Na, C] unchanged."""
   if audio.ndim == 3:
@@ -347,29 +447,44 @@ def init_params(model: Propagator, rng, feats, audio, mask_onehot):
   return model.init(rng, feats, audio, mask_onehot)["params"]
 
 
+def _at(x: Array, t) -> Array:
+  """x[:, t] for a traced t, without copying x (no time-major transpose of the inputs)."""
+  return jax.lax.dynamic_index_in_dim(x, t, axis=1, keepdims=False)
+
+
 def propagate_features(model: Propagator, params, keyframe_mask: Array, feats_seq, audio: Array,
                        frame_valid: Optional[Array] = None, memory_slots: int = 4, mem_gap: int = 5,
                        train: bool = False, rng=None, remat: bool = False,
-                       num_objects: Optional[Array] = None, encode=None, enc_params=None):
+                       num_objects: Optional[Array] = None, encode=None, enc_params=None,
+                       output: str = "logits"):
   """Propagates `keyframe_mask` (frame 0) through frames 1..T-1 with one `lax.scan`.
 
   keyframe_mask: [B, H, W] int32 ids in [0, max_objects]; feats_seq: list of encoder maps each
   [B, T, h, w, C]; audio: [B, T, C] or [B, T, Na, C]; frame_valid: [B, T] bool (invalid frames
-  produce logits but leave the memory unchanged); num_objects: [B] ids above it get -inf logits.
+  produce outputs but leave the memory unchanged); num_objects: [B] ids above it get -1e9 logits.
   With `encode` given, feats_seq is instead frames [B, T, H, W, 3] and each frame is encoded
-  inside the scan step (memory stays flat in T).
-  Returns logits [B, T, H, W, max_objects+1] float32 (frame 0: the keyframe mask as +-10 logits).
+  inside the scan step. Inputs are read with a dynamic index inside the step and outputs written
+  into a preallocated buffer in the carry, so the only T-sized arrays are the inputs and the output
+  (compiled temp memory is flat in T). `remat` rematerialises the per-frame network in BPTT.
+  output: "logits" -> [B, T, H, W, max_objects+1] float32 (frame 0: the keyframe mask as +-10);
+          "ids"    -> [B, T, H, W] int32 argmax (frame 0: keyframe_mask), 1/ids of the bytes.
   """
+  if output not in ("logits", "ids"):
+    raise ValueError(f"propagate: output must be 'logits' or 'ids', got {output!r}")
   if encode is not None:
     frames = feats_seq
-    enc = lambda x: list(encode(enc_params, x))
-    feats_seq = [frames]
+    if frames.ndim != 5 or frames.shape[-1] != 3:
+      raise ValueError(f"propagate: frames must be [B, T, H, W, 3], got shape {frames.shape}")
+    t_len = frames.shape[1]
+    get_feats = lambda t: list(encode(enc_params, _at(frames, t)))
   else:
-    enc = lambda x: x
+    t_len = feats_seq[0].shape[1]
+    get_feats = lambda t: [_at(f, t) for f in feats_seq]
   b, hh, ww = keyframe_mask.shape
-  t_len = feats_seq[0].shape[1]
   n_ids = model.max_objects + 1
   audio = _audio_tokens(audio)
+  if audio.shape[1] != t_len:
+    raise ValueError(f"propagate: audio has {audio.shape[1]} frames, the clip has {t_len}")
   if frame_valid is None:
     frame_valid = jnp.ones((b, t_len), bool)
   deterministic = not train
@@ -377,7 +492,6 @@ def propagate_features(model: Propagator, params, keyframe_mask: Array, feats_se
   if train and rng is None:
     raise ValueError("propagate: train=True needs a dropout `rng`")
   rng = jax.random.PRNGKey(0) if rng is None else rng
-  hh_ww = keyframe_mask.shape[1:]
   apply = functools.partial(model.apply, {"params": params})
   onehot = jax.nn.one_hot(keyframe_mask, n_ids, dtype=jnp.float32)
   id_mask = None
@@ -385,54 +499,65 @@ def propagate_features(model: Propagator, params, keyframe_mask: Array, feats_se
     id_mask = jnp.arange(n_ids)[None, :] <= num_objects[:, None]  # [B, ids]
 
   # Reference frame.
-  f0 = enc(feats_seq[0][:, 0] if encode is not None else [f[:, 0] for f in feats_seq])
-  r0, rng = jax.random.split(rng)
-  feats0 = apply(f0, audio[:, 0], method=Propagator.embed)
-  id0 = apply(onehot, audio[:, 0], method=Propagator.id_embed)
-  _, kvs0 = apply(feats0[3], None, id0, deterministic, method=Propagator.lstt, rngs=rngs(r0))
+  a0 = audio[:, 0]
+  feats0 = apply(get_feats(0), a0, method=Propagator.embed)
+  id0 = apply(onehot, a0, method=Propagator.id_embed)
+  _, kvs0 = apply(feats0[3], None, id0, deterministic, method=Propagator.lstt,
+                  rngs=rngs(jax.random.fold_in(rng, 0)))
   fused0 = apply(kvs0, id0, method=Propagator.fuse)
   s = memory_slots + 1
   long_k = [jnp.zeros((b, s) + k.shape[1:], k.dtype).at[:, 0].set(k) for k, _ in fused0]
   long_v = [jnp.zeros((b, s) + v.shape[1:], v.dtype).at[:, 0].set(v) for _, v in fused0]
   valid = jnp.zeros((b, s), bool).at[:, 0].set(True)
-  carry0 = dict(long_k=long_k, long_v=long_v, valid=valid,
-                short_k=[k for k, _ in fused0], short_v=[v for _, v in fused0],
-                step=jnp.zeros((b,), jnp.int32), written=jnp.zeros((b,), jnp.int32))
+  mem0 = dict(long_k=long_k, long_v=long_v, valid=valid,
+              short_k=[k for k, _ in fused0], short_v=[v for _, v in fused0],
+              step=jnp.zeros((b,), jnp.int32), written=jnp.zeros((b,), jnp.int32))
+  if output == "logits":
+    out0 = jnp.zeros((b, t_len, hh, ww, n_ids), jnp.float32)
+    out0 = jax.lax.dynamic_update_index_in_dim(out0, jnp.where(onehot > 0, 10.0, -10.0), 0, 1)
+  else:
+    out0 = jnp.zeros((b, t_len, hh, ww), jnp.int32)
+    out0 = jax.lax.dynamic_update_index_in_dim(out0, keyframe_mask.astype(jnp.int32), 0, 1)
 
-  def step(carry, inp):
-    f, a, fv, r = inp
-    mem = [(carry["long_k"][i], carry["long_v"][i], carry["valid"], carry["short_k"][i],
-            carry["short_v"][i]) for i in range(model.num_layers)]
-    r1, r2 = jax.random.split(r)
-    feats = apply(enc(f[0] if encode is not None else f), a, method=Propagator.embed)
-    outs, kvs = apply(feats[3], mem, None, deterministic, method=Propagator.lstt, rngs=rngs(r1))
+  def frame_step(mem, t):
+    """One frame: (memory, t) -> (memory', logits [B,H,W,ids]). Never sees the output buffer."""
+    a, fv = _at(audio, t), _at(frame_valid, t)
+    r1, r2 = jax.random.split(jax.random.fold_in(rng, t))
+    m = [(mem["long_k"][i], mem["long_v"][i], mem["valid"], mem["short_k"][i], mem["short_v"][i])
+         for i in range(model.num_layers)]
+    feats = apply(get_feats(t), a, method=Propagator.embed)
+    outs, kvs = apply(feats[3], m, None, deterministic, method=Propagator.lstt, rngs=rngs(r1))
     logits = apply(outs, feats, (hh, ww), method=Propagator.decode, rngs=rngs(r2))
     if id_mask is not None:
       logits = jnp.where(id_mask[:, None, None, :], logits, NEG)
     pred = jax.lax.stop_gradient(jax.nn.one_hot(jnp.argmax(logits, -1), n_ids, dtype=jnp.float32))
     id_emb = apply(pred, a, method=Propagator.id_embed)
     fused = apply(kvs, id_emb, method=Propagator.fuse)
-    step_i = carry["step"] + fv.astype(jnp.int32)
+    step_i = mem["step"] + fv.astype(jnp.int32)
     write = fv & (step_i % mem_gap == 0)
-    slot = 1 + carry["written"] % memory_slots
+    slot = 1 + mem["written"] % memory_slots
     sel = (jnp.arange(s)[None, :] == slot[:, None]) & write[:, None]  # [B, S]
-    bsel = lambda x, nd: sel.reshape(sel.shape + (1,) * nd)
+    bsel = lambda nd: sel.reshape(sel.shape + (1,) * nd)
     new = dict(
-        long_k=[jnp.where(bsel(None, k.ndim - 1), k[:, None], lk) for (k, _), lk in zip(fused, carry["long_k"])],
-        long_v=[jnp.where(bsel(None, v.ndim - 1), v[:, None], lv) for (_, v), lv in zip(fused, carry["long_v"])],
-        valid=carry["valid"] | sel,
-        short_k=[jnp.where(fv[:, None, None], k, sk) for (k, _), sk in zip(fused, carry["short_k"])],
-        short_v=[jnp.where(fv[:, None, None], v, sv) for (_, v), sv in zip(fused, carry["short_v"])],
-        step=step_i, written=carry["written"] + write.astype(jnp.int32))
+        long_k=[jnp.where(bsel(k.ndim - 1), k[:, None], lk) for (k, _), lk in zip(fused, mem["long_k"])],
+        long_v=[jnp.where(bsel(v.ndim - 1), v[:, None], lv) for (_, v), lv in zip(fused, mem["long_v"])],
+        valid=mem["valid"] | sel,
+        short_k=[jnp.where(fv[:, None, None], k, sk) for (k, _), sk in zip(fused, mem["short_k"])],
+        short_v=[jnp.where(fv[:, None, None], v, sv) for (_, v), sv in zip(fused, mem["short_v"])],
+        step=step_i, written=mem["written"] + write.astype(jnp.int32))
     return new, logits
 
   if remat:
-    step = jax.checkpoint(step)
-  xs = ([jnp.moveaxis(f[:, 1:], 1, 0) for f in feats_seq], jnp.moveaxis(audio[:, 1:], 1, 0),
-        jnp.moveaxis(frame_valid[:, 1:], 1, 0), jax.random.split(rng, t_len - 1))
-  _, logits = jax.lax.scan(step, carry0, xs)
-  first = jnp.where(onehot > 0, 10.0, -10.0)[None]
-  return jnp.moveaxis(jnp.concatenate([first, logits], 0), 0, 1)
+    frame_step = jax.checkpoint(frame_step)
+
+  def step(carry, t):
+    mem, out = carry
+    mem, logits = frame_step(mem, t)
+    val = logits if output == "logits" else jnp.argmax(logits, -1).astype(jnp.int32)
+    return (mem, jax.lax.dynamic_update_index_in_dim(out, val.astype(out.dtype), t, 1)), None
+
+  (_, out), _ = jax.lax.scan(step, (mem0, out0), jnp.arange(1, t_len, dtype=jnp.int32))
+  return out
 
 
 def propagate(model: Propagator, params, keyframe_mask: Array, frames: Array, audio: Array,
@@ -445,9 +570,46 @@ def propagate(model: Propagator, params, keyframe_mask: Array, frames: Array, au
                             encode=encode, enc_params=params.get("encoder"), **kw)
 
 
-def make_propagate_fn(model: Propagator, encode, memory_slots=4, mem_gap=5, train=False, remat=False):
-  """One jitted function (params, keyframe_mask, frames, audio, frame_valid, rng) -> logits."""
-  def fn(params, keyframe_mask, frames, audio, frame_valid, rng=None):
+def bucket_length(t: int, length_bucket: int) -> int:
+  """Clip length padded up to a multiple of `length_bucket` (0 or 1: unchanged)."""
+  if length_bucket <= 1:
+    return t
+  return -(-t // length_bucket) * length_bucket
+
+
+def make_propagate_fn(model: Propagator, encode, memory_slots=4, mem_gap=5, train=False, remat=False,
+                      length_bucket: int = 0, output: str = "logits"):
+  """(params, keyframe_mask, frames [B,T,H,W,3], audio, frame_valid=None, rng=None) -> output.
+
+  The propagation is one `jax.jit` (attribute `.jitted`). With `length_bucket` > 1 the clip is
+  padded (outside the jit) to the next multiple of it with `frame_valid` False on the padding,
+  so every length in a bucket reuses one compiled executable; the output is cut back to T.
+  """
+  def fn(params, keyframe_mask, frames, audio, frame_valid, rng):
     return propagate(model, params, keyframe_mask, frames, audio, encode, frame_valid,
-                     memory_slots=memory_slots, mem_gap=mem_gap, train=train, rng=rng, remat=remat)
-  return jax.jit(fn)
+                     memory_slots=memory_slots, mem_gap=mem_gap, train=train, rng=rng, remat=remat,
+                     output=output)
+  jitted = jax.jit(fn)
+
+  def run(params, keyframe_mask, frames, audio, frame_valid=None, rng=None):
+    b, t = frames.shape[:2]
+    if frame_valid is None:
+      frame_valid = jnp.ones((b, t), bool)
+    tp = bucket_length(t, length_bucket)
+    if tp != t:
+      pad = lambda x, v=0: jnp.pad(x, [(0, 0), (0, tp - t)] + [(0, 0)] * (x.ndim - 2), constant_values=v)
+      frames, audio, frame_valid = pad(frames), pad(audio), pad(frame_valid, False)
+    out = jitted(params, keyframe_mask, frames, audio, frame_valid, rng)
+    return out[:, :t] if tp != t else out
+  run.jitted = jitted
+  return run
+
+
+def make_propagate_fn_from_config(cfg, train: bool = False, output: str = "logits"):
+  """`config.propagator` -> (model, encode, run) with run as in `make_propagate_fn`, using the
+  config's encoder, memory_slots, mem_gap, remat and length_bucket. Params from `init(cfg, rng)`."""
+  model = from_config(cfg)
+  _, encode = build_encoder(cfg)
+  run = make_propagate_fn(model, encode, cfg.memory_slots, cfg.mem_gap, train=train, remat=cfg.remat,
+                          length_bucket=0 if train else cfg.length_bucket, output=output)
+  return model, encode, run
