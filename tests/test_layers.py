@@ -69,11 +69,11 @@ def test_attention_mask_excludes_keys(rng):
   np.testing.assert_allclose(layers.dot_product_attention(q, k, v, mask=mask), full, atol=1e-6)
 
 
-def test_sine_position_embedding_follows_aot_formula():
+def test_sine_position_embedding_follows_detr_formula():
   h, w, f = 3, 5, 8
   pos = np.asarray(layers.sine_position_embedding_2d(h, w, num_pos_feats=f))
   assert pos.shape == (h, w, 2 * f)
-  # AOT/DETR: y = (i+1)/(H+eps)*2pi; dim_t = 10000^(2*(k//2)/F); even k sin, odd k cos.
+  # DETR (all-ones mask): y = (i+1)/(H+eps)*2pi; dim_t = 10000^(2*(k//2)/F); even k sin, odd k cos.
   i, j, k = 1, 4, 3
   y = (i + 1) / (h + 1e-6) * 2 * math.pi
   x = (j + 1) / (w + 1e-6) * 2 * math.pi

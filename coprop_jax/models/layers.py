@@ -194,11 +194,13 @@ class MultiHeadAttention(nn.Module):
 def sine_position_embedding_2d(height: int, width: int, num_pos_feats: int = 128,
                                temperature: float = 10000.0, normalize: bool = True,
                                scale: float = 2 * math.pi, dtype: Dtype = jnp.float32) -> Array:
-  """2-D sine position embedding (DETR/AOT style) -> [height, width, 2 * num_pos_feats].
+  """2-D sine position embedding (DETR style, no padding mask) -> [height, width, 2 * num_pos_feats].
 
-  Positions are 1..H / 1..W; with `normalize` they are divided by the last index (AOT's
-  behaviour: a constant normaliser, not a masked cumsum) and multiplied by `scale`.
-  Channel order is (y features, x features), each interleaving sin/cos like DETR.
+  Positions are 1..H / 1..W (DETR's cumsum of an all-ones mask); with `normalize` they are divided
+  by H / W (+1e-6) and multiplied by `scale`. Channel order is (y features, x features), each
+  interleaving sin/cos like DETR. Used by the Keyframe Processor. AOT's variant (positions 0..H-1
+  divided by H-1) is `coprop_jax.models.propagator.aot_position_embedding`: the propagator must use
+  that one to match AOT checkpoints.
   """
   y = jnp.arange(1, height + 1, dtype=jnp.float32)[:, None] * jnp.ones((1, width))
   x = jnp.arange(1, width + 1, dtype=jnp.float32)[None, :] * jnp.ones((height, 1))
