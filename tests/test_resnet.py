@@ -67,6 +67,47 @@ def test_parity_hf(hf_model, naming):
     np.testing.assert_allclose(np.asarray(o), r, atol=1e-4, rtol=0)
 
 
+def _dilate_layer4(m):
+  """HF ResNetModel -> torchvision `replace_stride_with_dilation=[False, False, True]` in place:
+  layer4 stride 1; its first block keeps dilation 1, the others get dilation 2 (padding 2)."""
+  stage = m.encoder.stages[3]
+  stage.layers[0].layer[1].convolution.stride = (1, 1)
+  stage.layers[0].shortcut.convolution.stride = (1, 1)
+  for blk in stage.layers[1:]:
+    blk.layer[1].convolution.dilation = (2, 2)
+    blk.layer[1].convolution.padding = (2, 2)
+  return m
+
+
+def test_parity_output_stride_16(hf_model):
+  import copy
+  ref = _dilate_layer4(copy.deepcopy(hf_model))
+  variables = conv_resnet.from_torch_state_dict(_sd(hf_model))
+  x = np.random.default_rng(1).standard_normal((1, 96, 64, 3)).astype(np.float32)
+  with torch.no_grad():
+    r = ref(torch.from_numpy(x).permute(0, 3, 1, 2), output_hidden_states=True).hidden_states[-1]
+  r = r.permute(0, 2, 3, 1).numpy()
+  o = jax.jit(ResNet50(output_stride=16).apply)(variables, jnp.asarray(x))[-1]
+  assert o.shape == r.shape == (1, 6, 4, 2048)
+  np.testing.assert_allclose(np.asarray(o), r, atol=1e-4, rtol=0)
+
+
+def test_aot_three_stage_layout():
+  """AOT's R50 encoder builds no layer4 and returns layer3's map twice."""
+  from transformers import ResNetConfig, ResNetModel
+  with torch.device("meta"):
+    ref = ResNetModel(ResNetConfig())
+  n_ref = sum(p.numel() for n, p in ref.named_parameters() if not n.startswith("encoder.stages.3"))
+  x = jnp.zeros((1, 64, 64, 3))
+  m = ResNet50(output_stride=16, stages=3)
+  v = jax.eval_shape(m.init, jax.random.PRNGKey(0), x)
+  assert count_params(v["params"]) == n_ref
+  assert not any(k.startswith("layer4") for k in v["params"])
+  outs = jax.eval_shape(m.apply, v, x)
+  assert [o.shape for o in outs] == [(1, 16, 16, 256), (1, 8, 8, 512), (1, 4, 4, 1024),
+                                     (1, 4, 4, 1024)]
+
+
 def test_param_count_and_os16():
   from transformers import ResNetConfig, ResNetModel
   with torch.device("meta"):
@@ -83,8 +124,8 @@ def test_param_count_and_os16():
 def test_trainable_bn_updates_stats():
   m = ResNet50(frozen_bn=False, depths=(1, 1, 1, 1))
   x = jnp.ones((2, 32, 32, 3))
-  v = m.init(jax.random.PRNGKey(0), x)
-  _, upd = m.apply(v, x, train=True, mutable=["batch_stats"])
+  v = jax.jit(m.init)(jax.random.PRNGKey(0), x)
+  _, upd = jax.jit(lambda v, x: m.apply(v, x, train=True, mutable=["batch_stats"]))(v, x)
   assert not np.allclose(upd["batch_stats"]["bn1"]["bn"]["mean"], v["batch_stats"]["bn1"]["bn"]["mean"])
 
 
