@@ -134,3 +134,15 @@ def test_pvt_dispatch_needs_variant(tmp_path, capsys):
   torch.save({"x": torch.zeros(1)}, tmp_path / "p.pth")
   assert main(["pvt_v2", "--src", str(tmp_path / "p.pth"), "--out", str(tmp_path / "o")]) == 1
   assert "needs --variant" in capsys.readouterr().err
+
+
+def test_cli_pvt_wrong_variant(tmp_path, capsys):
+  """PVT-v2-b0 weights converted as b2: exit 1, the message names the mismatch and the variant."""
+  from safetensors.numpy import save_file
+  from test_pvt_v2 import hf_model, state_dict
+  save_file(state_dict(hf_model("b0")), str(tmp_path / "b0.safetensors"))
+  assert main(["pvt_v2", "--variant", "b2", "--src", str(tmp_path / "b0.safetensors"),
+               "--out", str(tmp_path / "o")]) == 1
+  err = capsys.readouterr().err
+  assert "shape mismatches" in err and "looks like PVT-v2 variant 'b0'" in err
+  assert not (tmp_path / "o").exists()
