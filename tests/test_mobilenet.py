@@ -73,10 +73,13 @@ def _hf_levels(m, x):
           (o.hidden_states[1], o.hidden_states[4], o.hidden_states[11], o.last_hidden_state)]
 
 
-@pytest.mark.parametrize("prefix", ["encoder.", ""])
-def test_parity_vs_transformers(hf_model, prefix):
-  sd = {prefix + k: v.numpy() for k, v in hf_to_torchvision(hf_model.state_dict()).items()}
-  variables = conv_mnv2.from_torch_state_dict(sd)
+def test_parity_vs_transformers(hf_model):
+  tv = {k: v.numpy() for k, v in hf_to_torchvision(hf_model.state_dict()).items()}
+  variables = conv_mnv2.from_torch_state_dict({"encoder." + k: v for k, v in tv.items()})
+  # a torchvision checkpoint (no prefix, classifier ignored) gives the same variables
+  plain = conv_mnv2.from_torch_state_dict(dict(tv, **{"classifier.1.weight": np.zeros((1000, 1280)),
+                                                      "classifier.1.bias": np.zeros(1000)}))
+  jax.tree_util.tree_map(np.testing.assert_array_equal, plain, variables)
   x = np.random.default_rng(0).standard_normal((1, 80, 48, 3)).astype(np.float32)
   refs = _hf_levels(hf_model, x)
   outs = jax.jit(MobileNetV2().apply)(variables, jnp.asarray(x))
