@@ -136,3 +136,30 @@ def test_bad_images():
     m.apply(v, jnp.zeros((32, 32, 3)))
   with pytest.raises(ValueError, match="expected 3 channels"):
     m.apply(v, jnp.zeros((1, 32, 32, 1)))
+
+
+@pytest.mark.parametrize("stride,dilation,hw", [(1, 1, (9, 7)), (2, 1, (9, 8)), (2, 1, (8, 8)),
+                                                (1, 2, (7, 10))])
+def test_depthwise_shift_equals_grouped_conv(stride, dilation, hw):
+  from coprop_jax.models.mobilenet_v2 import depthwise_shift
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((2,) + hw + (5,)), jnp.float32)
+  k = jnp.asarray(rng.standard_normal((3, 3, 1, 5)), jnp.float32)
+  want = jax.lax.conv_general_dilated(x, k, (stride, stride), ((dilation, dilation),) * 2,
+                                      rhs_dilation=(dilation, dilation),
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                      feature_group_count=5)
+  got = depthwise_shift(x, k, stride, dilation, dilation)
+  assert got.shape == want.shape
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
+
+
+def test_depthwise_impls_share_params():
+  x = jnp.zeros((1, 32, 32, 3))
+  a = jax.eval_shape(MobileNetV2(depthwise_impl="shift").init, jax.random.PRNGKey(0), x)
+  b = jax.eval_shape(MobileNetV2(depthwise_impl="conv").init, jax.random.PRNGKey(0), x)
+  assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
+  assert [l.shape for l in jax.tree_util.tree_leaves(a)] == [l.shape for l in
+                                                             jax.tree_util.tree_leaves(b)]
+  with pytest.raises(ValueError, match="depthwise_impl must be"):
+    jax.eval_shape(MobileNetV2(depthwise_impl="fft").init, jax.random.PRNGKey(0), x)
