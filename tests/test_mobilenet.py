@@ -163,3 +163,16 @@ def test_depthwise_impls_share_params():
                                                              jax.tree_util.tree_leaves(b)]
   with pytest.raises(ValueError, match="depthwise_impl must be"):
     jax.eval_shape(MobileNetV2(depthwise_impl="fft").init, jax.random.PRNGKey(0), x)
+
+
+def test_aot_frozen_mask():
+  from coprop_jax.models.mobilenet_v2 import aot_frozen_mask
+  v = jax.eval_shape(MobileNetV2().init, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
+  m = aot_frozen_mask(v["params"], freeze_at=2)
+  assert m["features_3"]["project"]["conv"]["kernel"] and m["features_0"]["conv"]["kernel"]
+  assert not m["features_4"]["expand"]["conv"]["kernel"]
+  assert m["features_4"]["expand"]["bn"]["scale"]  # frozen BN affine
+  m = aot_frozen_mask(v["params"], freeze_at=0, frozen_bn=False)
+  assert not any(jax.tree_util.tree_leaves(m))
+  m = aot_frozen_mask(v["params"], freeze_at=1, frozen_bn=False)
+  assert m["features_0"]["conv"]["kernel"] and not m["features_1"]["depthwise"]["conv"]["kernel"]

@@ -142,3 +142,16 @@ def test_bad_inputs(hf_model):
     ResNet50().apply(v, jnp.zeros((1, 32, 32, 4)))
   with pytest.raises(ValueError, match="rank"):
     ResNet50().apply(v, jnp.zeros((32, 32, 3)))
+
+
+def test_aot_frozen_mask():
+  from coprop_jax.models.resnet import aot_frozen_mask
+  v = jax.eval_shape(ResNet50(stages=3).init, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
+  m = aot_frozen_mask(v["params"], freeze_at=2)
+  assert m["conv1"]["kernel"] and m["layer1_2"]["conv3"]["kernel"]
+  assert not m["layer2_0"]["conv1"]["kernel"] and m["layer2_0"]["bn1"]["bn"]["scale"]
+  assert m["layer3_0"]["downsample_bn"]["bn"]["bias"]
+  m = aot_frozen_mask(v["params"], freeze_at=0, frozen_bn=False)
+  assert not any(jax.tree_util.tree_leaves(m))
+  m = aot_frozen_mask(v["params"], freeze_at=4, frozen_bn=False)
+  assert all(jax.tree_util.tree_leaves(m))

@@ -156,3 +156,27 @@ class MobileNetV2(nn.Module):
     x = ConvBN(1280, 1, dtype=self.dtype, name="features_18")(x)
     outs.append(x)
     return outs
+
+
+def aot_frozen_mask(params, freeze_at: int = 2, frozen_bn: bool = True):
+  """Which MobileNetV2 params AOT never trains -> pytree of bools like `params` (True = frozen).
+
+  aot-benchmark `MobileNetV2.freeze(freeze_at)` (default config TRAIN_ENCODER_FREEZE_AT = 2):
+  freeze_at >= 1 freezes the stem (features 0), >= 2 level 1 (features 0-3), >= 3 level 2
+  (4-6), >= 4 level 3 (7-13), >= 5 level 4 (14-18). With `frozen_bn` (AOT's default
+  FrozenBatchNorm2d holds weight/bias as buffers) every BN scale/bias is frozen too. Use as an
+  optax mask, e.g. `optax.multi_transform({False: adamw, True: optax.set_to_zero()}, mask)`.
+  """
+  levels = [(0, 0), (0, 3), (4, 6), (7, 13), (14, 18)]  # freeze_at 1..5 -> features range
+
+  def frozen(path, _):
+    keys = [getattr(k, "key", getattr(k, "name", str(k))) for k in path]
+    if frozen_bn and "bn" in keys:
+      return True
+    top = next((k for k in keys if str(k).startswith("features_")), None)
+    if top is None:
+      return False
+    idx = int(str(top).split("_")[1])
+    return any(lo <= idx <= hi for lo, hi in levels[:max(0, min(freeze_at, 5))])
+
+  return jax.tree_util.tree_map_with_path(frozen, params)

@@ -104,3 +104,25 @@ class ResNet50(nn.Module):
     if self.stages == 3:
       outs.append(x)  # AOT: "Following STMVOS, we drop stage 5" and repeats the 1/16 map
     return outs
+
+
+def aot_frozen_mask(params, freeze_at: int = 2, frozen_bn: bool = True):
+  """Which ResNet-50 params AOT never trains -> pytree of bools like `params` (True = frozen).
+
+  aot-benchmark `ResNet.freeze(freeze_at)` (default TRAIN_ENCODER_FREEZE_AT = 2): >= 1 freezes
+  the stem (conv1, bn1), >= 2 layer1, >= 3 layer2, >= 4 layer3 (>= 5 layer4, which AOT does not
+  build). With `frozen_bn` every BN scale/bias is frozen (AOT's FrozenBatchNorm2d buffers).
+  """
+  def frozen(path, _):
+    keys = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
+    if frozen_bn and ("bn" in keys or any(k.startswith("bn") or k == "downsample_bn"
+                                          for k in keys)):
+      return True
+    top = keys[0] if keys else ""
+    if top in ("conv1", "bn1"):
+      return freeze_at >= 1
+    if top.startswith("layer"):
+      return freeze_at >= int(top[len("layer")]) + 1
+    return False
+
+  return jax.tree_util.tree_map_with_path(frozen, params)
