@@ -263,7 +263,10 @@ def test_remat_same_grads():
                          ga, gb)
 
 
-@pytest.mark.parametrize("variant", sorted(pm.VARIANTS))
+# b0, b2_linear and b5 (the paper's backbone) by default; the other variants are marked slow.
+@pytest.mark.parametrize("variant", [v if v in ("b0", "b2_linear", "b5") else
+                                     pytest.param(v, marks=pytest.mark.slow)
+                                     for v in sorted(pm.VARIANTS)])
 def test_param_count_matches_transformers(variant):
   with torch.device("meta"):
     ref = PvtV2Model(hf_config(variant))
