@@ -7,7 +7,12 @@ networks; it also makes the result bit-for-bit independent of the XLA backend.
 
 Parameters are VGGish's (torchvggish `vggish_params`, TF audioset): 25 ms periodic-Hann window
 (400 samples), 10 ms hop, FFT 512, magnitude spectrum, 64 HTK-mel bands 125-7500 Hz,
-`log(mel + 0.01)`, non-overlapping 96x64 patches (0.96 s).
+`log(mel + 0.01)`, non-overlapping 96x64 patches (0.96 s). Matches torchvggish's
+`vggish_input.waveform_to_examples` to ~5e-8 relative (tests/test_vggish.py).
+
+Sample rate: only 16 kHz is accepted; anything else raises `AudioError` naming the rate
+(torchvggish would resample silently with resampy). Resample when building the dataset
+(AVSBench's WAVs are 16 kHz already), so that every clip goes through the same filter.
 """
 from __future__ import annotations
 

@@ -3,10 +3,12 @@
 Usage:
   python -m coprop_jax.convert MODEL --src FILE --out DIR [--variant V] [--force]
 
-MODEL is one of: pvt_v2 (needs --variant, e.g. b5), resnet, mobilenet_v2, vggish, aot.
+MODEL is one of: pvt_v2 (needs --variant, e.g. b5), resnet (alias resnet50), mobilenet_v2
+(alias mobilenetv2), vggish, aot.
 FILE is a .safetensors, .pth, .pt or .bin state dict (pickles are read with
 torch.load(weights_only=True), so a checkpoint cannot run code). DIR must not exist unless
---force is given; it is written atomically. Restore with
+--force is given (and --force only replaces an existing Orbax checkpoint directory); it is
+written to a temporary sibling directory and renamed into place when complete. Restore with
 coprop_jax.convert.checkpoint_io.restore_params(DIR).
 """
 from __future__ import annotations
@@ -15,13 +17,16 @@ import argparse
 import importlib
 import sys
 
-from coprop_jax.convert.checkpoint_io import CheckpointError, load_state_dict, save_params
+from coprop_jax.convert.checkpoint_io import (CheckpointError, check_output_dir, load_state_dict,
+                                              save_params)
 
 MODELS = ("pvt_v2", "resnet", "mobilenet_v2", "vggish", "aot")
+ALIASES = {"resnet50": "resnet", "mobilenetv2": "mobilenet_v2"}  # AOT's MODEL_ENCODER names
 
 
 def convert_file(model: str, src: str, variant: str | None = None):
   """Loads `src` and converts it with `coprop_jax.convert.<model>.from_torch_state_dict`."""
+  model = ALIASES.get(model, model)
   if model not in MODELS:
     raise CheckpointError(f"unknown model {model!r}; expected one of {', '.join(MODELS)}")
   try:
@@ -43,13 +48,14 @@ def main(argv=None) -> int:
                                description=__doc__.split("\n\n")[0],
                                formatter_class=argparse.RawDescriptionHelpFormatter,
                                epilog=__doc__.split("\n\n", 1)[1])
-  ap.add_argument("model", choices=MODELS, help="which network the checkpoint holds")
+  ap.add_argument("model", choices=MODELS + tuple(ALIASES), help="which network the checkpoint holds")
   ap.add_argument("--src", required=True, help="source checkpoint (.safetensors/.pth/.pt/.bin)")
   ap.add_argument("--out", required=True, help="output Orbax checkpoint directory")
   ap.add_argument("--variant", default=None, help="model variant (pvt_v2: b0..b5, b2_linear)")
   ap.add_argument("--force", action="store_true", help="overwrite --out if it exists")
   args = ap.parse_args(argv)
   try:
+    check_output_dir(args.out, args.force)  # fail before a long conversion
     params = convert_file(args.model, args.src, args.variant)
     out = save_params(params, args.out, force=args.force)
   except (CheckpointError, FileExistsError, FileNotFoundError, ValueError) as e:

@@ -188,21 +188,55 @@ def conv(w: np.ndarray) -> np.ndarray:
   return np.ascontiguousarray(np.transpose(w, (2, 3, 1, 0)))
 
 
+def _is_orbax_dir(path: pathlib.Path) -> bool:
+  return path.is_dir() and ((path / "_CHECKPOINT_METADATA").exists()
+                            or (path / "_METADATA").exists())
+
+
 def save_params(params: Any, out_dir: str | os.PathLike, force: bool = False) -> pathlib.Path:
   """Writes a params pytree as an Orbax (PyTree) checkpoint at `out_dir`.
 
-  Orbax writes into a temporary directory and renames it at the end, so an interrupted
-  save never leaves a half-written checkpoint under `out_dir`. Refuses to overwrite an
-  existing directory unless `force`.
+  The checkpoint is written into a hidden sibling temporary directory and renamed onto
+  `out_dir` only once complete, so an interrupted or failed save leaves `out_dir` as it was.
+  Refuses an existing `out_dir` unless `force`; even with `force` it only replaces an existing
+  Orbax checkpoint directory (never a file or an unrelated directory).
   """
+  import shutil
+  import uuid
+
   import orbax.checkpoint as ocp
   out = pathlib.Path(out_dir).resolve()
-  if out.exists() and not force:
-    raise FileExistsError(f"{out} already exists; pass force=True (--force) to overwrite")
-  with ocp.StandardCheckpointer() as ckptr:
-    ckptr.save(out, params, force=force)
-    ckptr.wait_until_finished()
+  check_output_dir(out, force)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+  tmp = out.parent / f".{out.name}.tmp-{tag}"
+  try:
+    with ocp.StandardCheckpointer() as ckptr:
+      ckptr.save(tmp, params)
+      ckptr.wait_until_finished()
+    if out.exists():
+      old = out.parent / f".{out.name}.old-{tag}"
+      os.replace(out, old)
+      os.replace(tmp, out)
+      shutil.rmtree(old, ignore_errors=True)
+    else:
+      os.replace(tmp, out)
+  finally:
+    if tmp.exists():
+      shutil.rmtree(tmp, ignore_errors=True)
   return out
+
+
+def check_output_dir(out_dir: str | os.PathLike, force: bool = False) -> None:
+  """Raises `FileExistsError` unless `save_params(..., out_dir, force)` may write there."""
+  out = pathlib.Path(out_dir).resolve()
+  if not out.exists():
+    return
+  if not force:
+    raise FileExistsError(f"{out} already exists; pass force=True (--force) to overwrite")
+  if not _is_orbax_dir(out):
+    raise FileExistsError(f"{out} exists and is not an Orbax checkpoint directory; refusing to "
+                          "replace it even with --force (choose a new --out)")
 
 
 def restore_params(ckpt_dir: str | os.PathLike, target: Any = None) -> Any:

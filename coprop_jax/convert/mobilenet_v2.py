@@ -1,12 +1,18 @@
-"""MobileNetV2 (AOT encoder) weights from an AOT checkpoint's `encoder.features.*` keys
-(torchvision naming) -> `coprop_jax.models.mobilenet_v2.MobileNetV2` variables."""
+"""MobileNetV2 (AOT encoder) weights -> `coprop_jax.models.mobilenet_v2.MobileNetV2` variables.
+
+Sources: an AOT checkpoint's `encoder.features.*` keys, or a torchvision `mobilenet_v2` state
+dict (`features.*`; `classifier.*` ignored), which is what AOT's `MODEL_ENCODER_PRETRAIN`
+(mobilenet_v2-b0353104.pth) holds. Naming (torchvision): `features.0.{0,1}` stem conv/BN,
+`features.1.conv.{0.0,0.1,1,2}` (t=1 block: depthwise, BN, project, BN),
+`features.{2..17}.conv.{0.0,0.1,1.0,1.1,2,3}` (expand, depthwise, project), `features.18.{0,1}`.
+"""
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Optional
 
 import numpy as np
 
-from coprop_jax.convert.checkpoint_io import SourceDict, conv
+from coprop_jax.convert.checkpoint_io import CheckpointError, SourceDict, conv
 from coprop_jax.models.mobilenet_v2 import block_specs
 
 
@@ -18,7 +24,10 @@ def _convbn(src, conv_key, bn_key):
 
 
 def convert(src: SourceDict, prefix: str = "encoder.") -> dict:
-  """Takes `{prefix}features.*` keys from `src` -> {"params", "batch_stats"}."""
+  """Takes `{prefix}features.*` keys from `src` -> {"params", "batch_stats"}.
+
+  Used by `coprop_jax.convert.aot` on a whole AOT checkpoint (the caller runs `src.finish()`).
+  """
   f = prefix + "features."
   params, stats = {}, {}
   params["features_0"], stats["features_0"] = _convbn(src, f + "0.0", f + "0.1")
@@ -34,9 +43,28 @@ def convert(src: SourceDict, prefix: str = "encoder.") -> dict:
   return {"params": params, "batch_stats": stats}
 
 
-def from_torch_state_dict(sd: Mapping[str, np.ndarray], prefix: str = "") -> dict:
-  src = SourceDict(sd, "MobileNetV2",
-                   ignore=lambda k: k.endswith("num_batches_tracked") or "classifier" in k)
+def from_torch_state_dict(sd: Mapping[str, np.ndarray], prefix: Optional[str] = None) -> dict:
+  """Whole torchvision / AOT-encoder state dict -> {"params", "batch_stats"} for MobileNetV2.
+
+  `prefix=None` picks "encoder." when `encoder.features.*` keys exist, else "". Raises
+  `CheckpointError` naming missing / unexpected keys and mis-shaped parameters (e.g. a ResNet
+  or a width-multiplier != 1 checkpoint).
+  """
+  import jax
+  import jax.numpy as jnp
+  from coprop_jax.convert.checkpoint_io import check_params_match
+  from coprop_jax.models.mobilenet_v2 import MobileNetV2
+  if prefix is None:
+    prefix = "encoder." if any(k.startswith("encoder.features.") for k in sd) else ""
+  if not any(k.startswith(prefix + "features.") for k in sd):
+    some = ", ".join(sorted(sd)[:5])
+    raise CheckpointError(
+        f"MobileNetV2: no '{prefix}features.*' keys, so this is not a torchvision/AOT "
+        f"MobileNetV2 checkpoint (first keys: {some}{' ...' if len(sd) > 5 else ''})")
+  src = SourceDict(sd, "MobileNetV2", ignore=lambda k: k.endswith("num_batches_tracked")
+                   or k.startswith(prefix + "classifier."))
   out = convert(src, prefix)
   src.finish()
+  want = jax.eval_shape(MobileNetV2().init, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
+  check_params_match(out, dict(want), "MobileNetV2")
   return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from coprop_jax.models.layers import FrozenBatchNorm, check_image
@@ -37,7 +38,51 @@ def block_specs(output_stride: int = 16):
   return specs
 
 
+def depthwise_shift(x, kernel, stride: int = 1, dilation: int = 1, pad: int = 1):
+  """Depthwise conv as k*k strided, shifted multiply-adds (float32 accumulation).
+
+  x: [B, H, W, C], kernel: [k, k, 1, C] (Flax grouped-conv layout), symmetric zero padding
+  `pad` -> [B, Ho, Wo, C]; same result as `lax.conv_general_dilated(..., feature_group_count=C)`.
+  XLA:CPU runs grouped convolutions ~20x slower than this fused elementwise form
+  (benchmarks/RESULTS.md, PVT-v2 section); on GPU/TPU both are fine.
+  """
+  b, h, w, c = x.shape
+  k = kernel.shape[0]
+  xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  ho = (h + 2 * pad - dilation * (k - 1) - 1) // stride + 1
+  wo = (w + 2 * pad - dilation * (k - 1) - 1) // stride + 1
+  y = jnp.zeros((b, ho, wo, c), jnp.float32)
+  for i in range(k):
+    for j in range(k):
+      sl = jax.lax.slice(xp, (0, i * dilation, j * dilation, 0),
+                         (b, i * dilation + (ho - 1) * stride + 1,
+                          j * dilation + (wo - 1) * stride + 1, c), (1, stride, stride, 1))
+      y = y + sl.astype(jnp.float32) * kernel[i, j, 0].astype(jnp.float32)
+  return y
+
+
+class _DepthwiseConv(nn.Module):
+  """Parameters as `nn.Conv(C, (k, k), feature_group_count=C, use_bias=False)`: kernel [k, k, 1, C]."""
+  kernel_size: int
+  stride: int
+  dilation: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    c = x.shape[-1]
+    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                        (self.kernel_size, self.kernel_size, 1, c), jnp.float32)
+    pad = (self.kernel_size - 1) // 2 * self.dilation
+    return depthwise_shift(x, kernel, self.stride, self.dilation, pad).astype(self.dtype)
+
+
 class ConvBN(nn.Module):
+  """Conv (no bias) -> FrozenBatchNorm -> ReLU6 (unless act=False); torch padding (k-1)//2*d.
+
+  A depthwise conv (groups == features == input channels) uses `depthwise_shift` when
+  `depthwise_impl="shift"` (default) and XLA's grouped convolution when "conv".
+  """
   features: int
   kernel: int = 1
   stride: int = 1
@@ -45,14 +90,22 @@ class ConvBN(nn.Module):
   groups: int = 1
   act: bool = True
   dtype: Dtype = jnp.float32
+  depthwise_impl: str = "shift"
 
   @nn.compact
   def __call__(self, x):
     p = (self.kernel - 1) // 2 * self.dilation
-    x = nn.Conv(self.features, (self.kernel,) * 2, strides=(self.stride,) * 2,
-                kernel_dilation=(self.dilation,) * 2, padding=((p, p), (p, p)),
-                feature_group_count=self.groups, use_bias=False, dtype=self.dtype,
-                param_dtype=jnp.float32, name="conv")(x)
+    if self.depthwise_impl not in ("shift", "conv"):
+      raise ValueError(f"MobileNetV2: depthwise_impl must be 'shift' or 'conv', "
+                       f"got {self.depthwise_impl!r}")
+    depthwise = self.groups > 1 and self.groups == self.features == x.shape[-1]
+    if depthwise and self.depthwise_impl == "shift":
+      x = _DepthwiseConv(self.kernel, self.stride, self.dilation, self.dtype, name="conv")(x)
+    else:
+      x = nn.Conv(self.features, (self.kernel,) * 2, strides=(self.stride,) * 2,
+                  kernel_dilation=(self.dilation,) * 2, padding=((p, p), (p, p)),
+                  feature_group_count=self.groups, use_bias=False, dtype=self.dtype,
+                  param_dtype=jnp.float32, name="conv")(x)
     x = FrozenBatchNorm(dtype=self.dtype, name="bn")(x)
     return jnp.clip(x, 0, 6) if self.act else x
 
@@ -64,6 +117,7 @@ class InvertedResidual(nn.Module):
   dilation: int
   expand: int
   dtype: Dtype = jnp.float32
+  depthwise_impl: str = "shift"
 
   @nn.compact
   def __call__(self, x):
@@ -72,7 +126,7 @@ class InvertedResidual(nn.Module):
     if self.expand != 1:
       y = ConvBN(hidden, 1, dtype=self.dtype, name="expand")(y)
     y = ConvBN(hidden, 3, self.stride, self.dilation, groups=hidden, dtype=self.dtype,
-               name="depthwise")(y)
+               depthwise_impl=self.depthwise_impl, name="depthwise")(y)
     y = ConvBN(self.out, 1, act=False, dtype=self.dtype, name="project")(y)
     if self.stride == 1 and self.inp == self.out:
       y = y + x
@@ -80,9 +134,14 @@ class InvertedResidual(nn.Module):
 
 
 class MobileNetV2(nn.Module):
-  """images: [B, H, W, 3] -> [24@1/4, 32@1/8, 96@1/16, 1280@1/16] (output_stride=16)."""
+  """images: [B, H, W, 3] -> [24@1/4, 32@1/8, 96@1/16, 1280@1/16] (output_stride=16).
+
+  `depthwise_impl`: "shift" (default; fast on XLA:CPU) or "conv" (grouped convolution); same
+  parameters and results.
+  """
   output_stride: int = 16
   dtype: Dtype = jnp.float32
+  depthwise_impl: str = "shift"
 
   @nn.compact
   def __call__(self, images, train: bool = False):
@@ -90,9 +149,34 @@ class MobileNetV2(nn.Module):
     x = ConvBN(32, 3, 2, dtype=self.dtype, name="features_0")(images.astype(self.dtype))
     outs = []
     for idx, (inp, out, s, d, t) in enumerate(block_specs(self.output_stride), start=1):
-      x = InvertedResidual(inp, out, s, d, t, self.dtype, name=f"features_{idx}")(x)
+      x = InvertedResidual(inp, out, s, d, t, self.dtype, self.depthwise_impl,
+                           name=f"features_{idx}")(x)
       if idx in TAPS:
         outs.append(x)
     x = ConvBN(1280, 1, dtype=self.dtype, name="features_18")(x)
     outs.append(x)
     return outs
+
+
+def aot_frozen_mask(params, freeze_at: int = 2, frozen_bn: bool = True):
+  """Which MobileNetV2 params AOT never trains -> pytree of bools like `params` (True = frozen).
+
+  aot-benchmark `MobileNetV2.freeze(freeze_at)` (default config TRAIN_ENCODER_FREEZE_AT = 2):
+  freeze_at >= 1 freezes the stem (features 0), >= 2 level 1 (features 0-3), >= 3 level 2
+  (4-6), >= 4 level 3 (7-13), >= 5 level 4 (14-18). With `frozen_bn` (AOT's default
+  FrozenBatchNorm2d holds weight/bias as buffers) every BN scale/bias is frozen too. Use as an
+  optax mask, e.g. `optax.multi_transform({False: adamw, True: optax.set_to_zero()}, mask)`.
+  """
+  levels = [(0, 0), (0, 3), (4, 6), (7, 13), (14, 18)]  # freeze_at 1..5 -> features range
+
+  def frozen(path, _):
+    keys = [getattr(k, "key", getattr(k, "name", str(k))) for k in path]
+    if frozen_bn and "bn" in keys:
+      return True
+    top = next((k for k in keys if str(k).startswith("features_")), None)
+    if top is None:
+      return False
+    idx = int(str(top).split("_")[1])
+    return any(lo <= idx <= hi for lo, hi in levels[:max(0, min(freeze_at, 5))])
+
+  return jax.tree_util.tree_map_with_path(frozen, params)
