@@ -386,3 +386,30 @@ def test_gradients_reach_every_parameter():
   flat = jax.tree_util.tree_flatten_with_path(g)[0]
   zero = [jax.tree_util.keystr(k) for k, v in flat if not np.any(np.asarray(v))]
   assert not zero, zero
+
+
+def test_aot_cli_infers_config_and_converts(tmp_path, capsys):
+  """`python -m coprop_jax.convert aot`: the config is read off the checkpoint, the audio insert
+  is added as a no-op, and the Orbax checkpoint restores to the converted weights."""
+  from coprop_jax.convert.__main__ import main
+  from coprop_jax.convert.checkpoint_io import restore_params
+  import torch
+  sd = aot_state_dict(layers=2, d=32, heads=4, ffn=64, ids=3, md=2,
+                      enc=P.ENCODER_CHANNELS["mobilenet_v2"], encoder="mobilenet_v2")
+  cfg = aot_convert.infer_config(sd, insert="1layer")
+  assert (cfg.encoder, cfg.num_layers, cfg.d_model, cfg.num_heads, cfg.ffn_dim, cfg.max_objects,
+          cfg.local_max_dis, tuple(cfg.audio_insert_levels)) == ("mobilenet_v2", 2, 32, 4, 64, 2, 2, (3,))
+  src = tmp_path / "aot.pth"
+  torch.save({"state_dict": {k: torch.from_numpy(v) for k, v in sd["state_dict"].items()}}, src)
+  assert main(["aot", "--src", str(src), "--out", str(tmp_path / "out"), "--variant", "1layer"]) == 0
+  out = capsys.readouterr().out
+  assert "propagator.num_layers=2" in out and "propagator.audio_insert_levels=(3,)" in out
+  got = restore_params(tmp_path / "out")
+  np.testing.assert_array_equal(got["propagator"]["layers_1"]["linear1"]["kernel"],
+                                sd["state_dict"]["module.LSTT.layers.1.linear1.weight"].T)
+  assert np.all(np.asarray(got["propagator"]["audio_insert_3"]["projection"]["kernel"]) == 0)
+  no_enc = {k: v for k, v in sd["state_dict"].items() if ".encoder." not in k}
+  with pytest.raises(aot_convert.CheckpointError, match="cannot tell the encoder"):
+    aot_convert.infer_config(no_enc)
+  with pytest.raises(aot_convert.CheckpointError, match="patch_wise_id_bank.weight"):
+    aot_convert.infer_config({"conv1.weight": np.zeros((64, 3, 7, 7))})

@@ -4,7 +4,10 @@ Usage:
   python -m coprop_jax.convert MODEL --src FILE --out DIR [--variant V] [--force]
 
 MODEL is one of: pvt_v2 (needs --variant, e.g. b5), resnet (alias resnet50), mobilenet_v2
-(alias mobilenetv2), vggish, aot.
+(alias mobilenetv2), vggish, aot. For aot (an aot-benchmark AOTT/S/B/L or R50-AOTL checkpoint),
+--variant is the audio insert to add (aot | 1layer | 4layer, default 4layer, the paper's); the
+propagator configuration is read off the checkpoint and printed as config overrides, and the
+checkpoint holds {"propagator": ..., "encoder": ...}.
 FILE is a .safetensors, .pth, .pt or .bin state dict (pickles are read with
 torch.load(weights_only=True), so a checkpoint cannot run code). DIR must not exist unless
 --force is given (and --force only replaces an existing Orbax checkpoint directory); it is
@@ -34,6 +37,14 @@ def convert_file(model: str, src: str, variant: str | None = None):
   except ModuleNotFoundError as e:
     raise CheckpointError(f"converter coprop_jax.convert.{model} is not available: {e}") from e
   sd = load_state_dict(src)
+  if model == "aot":
+    cfg, params = mod.load(sd, insert=variant or "4layer")
+    print("propagator config: " + " ".join(
+        f"propagator.{k}={tuple(v) if isinstance(v, (list, tuple)) else v!r}".replace(" ", "")
+        for k, v in sorted(cfg.items())
+        if k in ("encoder", "num_layers", "d_model", "num_heads", "ffn_dim", "max_objects",
+                 "local_max_dis", "audio_insert_levels", "identity_from_audio")))
+    return params
   if model == "pvt_v2":
     if not variant:
       raise CheckpointError("pvt_v2 needs --variant (b0, b1, b2, b2_linear, b3, b4, b5)")
@@ -51,7 +62,7 @@ def main(argv=None) -> int:
   ap.add_argument("model", choices=MODELS + tuple(ALIASES), help="which network the checkpoint holds")
   ap.add_argument("--src", required=True, help="source checkpoint (.safetensors/.pth/.pt/.bin)")
   ap.add_argument("--out", required=True, help="output Orbax checkpoint directory")
-  ap.add_argument("--variant", default=None, help="model variant (pvt_v2: b0..b5, b2_linear)")
+  ap.add_argument("--variant", default=None, help="model variant (pvt_v2: b0..b5, b2_linear; aot: aot|1layer|4layer audio insert)")
   ap.add_argument("--force", action="store_true", help="overwrite --out if it exists")
   args = ap.parse_args(argv)
   try:

@@ -10,6 +10,7 @@ are ignored.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping, Optional
 
 import jax
@@ -20,10 +21,18 @@ from coprop_jax.convert.checkpoint_io import (CheckpointError, SourceDict, check
 
 
 def _unwrap(sd: Mapping[str, Any]) -> dict:
+  """The network's weights from an AOT checkpoint: nested `{"state_dict": ...}` or, as
+  `load_state_dict` flattens files, `state_dict.*` / `model.*` keys (optimizer state and other
+  entries beside them are dropped), without DataParallel's `module.` prefix."""
   if "state_dict" in sd and isinstance(sd["state_dict"], Mapping):
     sd = sd["state_dict"]
   sd = dict(sd)
-  if all(k.startswith("module.") for k in sd):
+  for wrapper in ("state_dict.", "model."):
+    inner = {k[len(wrapper):]: v for k, v in sd.items() if k.startswith(wrapper)}
+    if inner:
+      sd = inner
+      break
+  if sd and all(k.startswith("module.") for k in sd):
     sd = {k[len("module."):]: v for k, v in sd.items()}
   return sd
 
@@ -131,3 +140,76 @@ def report(state_dict: Mapping[str, Any]) -> str:
     f = k.split(".")[0] if not k.startswith("LSTT.") else ".".join(k.split(".")[:2])
     fam[f] = fam.get(f, 0) + 1
   return "\n".join(f"{f}: {n} tensors" for f, n in sorted(fam.items()))
+
+
+# Audio-insert settings a converted AOT checkpoint can start from (paper Table 5); the audio
+# parameters are freshly initialised with zero output projections, so all three equal AOT.
+INSERTS = {"aot": ((), False), "1layer": ((3,), True), "4layer": ((0, 1, 2, 3), True)}
+
+
+def infer_config(state_dict: Mapping[str, Any], insert: str = "4layer"):
+  """The `config.propagator` an AOT checkpoint fits, read off its key names and shapes.
+
+  num_layers (count of `LSTT.layers.*`), encoder (`encoder.features.*` -> mobilenet_v2,
+  `encoder.layer1.*` -> resnet50), d_model / max_objects (id bank [d, ids, 17, 17]), num_heads
+  (relative_emb_v [heads, d/heads, W2]), local_max_dis (W2 = (2 md + 1)^2), ffn_dim (linear1);
+  `insert` ("aot" | "1layer" | "4layer") sets audio_insert_levels / identity_from_audio.
+  Raises CheckpointError naming the key it needed when the dict is not an AOT checkpoint.
+  """
+  from configs.parts.propagator import get_propagator_config
+  if insert not in INSERTS:
+    raise CheckpointError(f"AOT converter: insert must be one of {sorted(INSERTS)}, got {insert!r}")
+  sd = _unwrap(state_dict)
+
+  def need(key):
+    if key not in sd:
+      raise CheckpointError(f"not an aot-benchmark checkpoint: key {key!r} is missing "
+                            f"({len(sd)} keys, e.g. {sorted(sd)[:3]})")
+    return np.shape(sd[key])
+
+  d, ids = need("patch_wise_id_bank.weight")[:2]
+  layers = sorted({int(k.split(".")[2]) for k in sd if k.startswith("LSTT.layers.")})
+  if layers != list(range(len(layers))) or not layers:
+    raise CheckpointError(f"AOT checkpoint: LSTT layer indices {layers} are not 0..N-1")
+  heads, _, w2 = need("LSTT.layers.0.short_term_attn.relative_emb_v")[-3:]
+  md = (int(round(math.sqrt(w2))) - 1) // 2
+  if (2 * md + 1) ** 2 != w2:
+    raise CheckpointError(f"AOT checkpoint: relative_emb_v window {w2} is not a square of an odd size")
+  if any(k.startswith("encoder.features.") for k in sd):
+    encoder = "mobilenet_v2"
+  elif any(k.startswith("encoder.layer1.") for k in sd):
+    encoder = "resnet50"
+  else:
+    raise CheckpointError("AOT checkpoint: no encoder.features.* (MobileNetV2) or encoder.layer1.* "
+                          "(ResNet-50) keys; cannot tell the encoder")
+  cfg = get_propagator_config()
+  cfg.encoder, cfg.num_layers, cfg.d_model, cfg.num_heads = encoder, len(layers), int(d), int(heads)
+  cfg.ffn_dim = int(need("LSTT.layers.0.linear1.weight")[0])
+  cfg.max_objects, cfg.local_max_dis = int(ids) - 1, md
+  levels, from_audio = INSERTS[insert]
+  cfg.audio_insert_levels, cfg.identity_from_audio = levels, from_audio
+  return cfg
+
+
+def load(state_dict: Mapping[str, Any], insert: str = "4layer", rng=None):
+  """AOT checkpoint dict -> (config.propagator, {"propagator", "encoder"} variables).
+
+  The configuration is inferred (`infer_config`); parameters AOT lacks (audio insert,
+  identity-from-audio) take `propagator.init`'s values, whose zero output projections make the
+  converted model compute exactly what AOT computes.
+  """
+  import jax.numpy as jnp
+  from coprop_jax.models import propagator
+  cfg = infer_config(state_dict, insert)
+  rng = jax.random.PRNGKey(0) if rng is None else rng
+  model = propagator.from_config(cfg)
+  enc_module, _ = propagator.build_encoder(cfg)
+  hw = 32  # parameters do not depend on the image size; small keeps the init compile short
+  feats = [jnp.zeros((1, hw // s, hw // s, c)) for s, c in
+           zip((4, 8, 16, 16), propagator.ENCODER_CHANNELS[cfg.encoder])]
+  mask = jnp.zeros((1, hw, hw, cfg.max_objects + 1))
+  params = jax.jit(lambda r: propagator.init_params(model, r, feats, jnp.zeros((1, 1, 128)), mask))(rng)
+  # The encoder's weights all come from the checkpoint: its shapes suffice for the check.
+  enc_shapes = jax.eval_shape(enc_module.init, rng, jnp.zeros((1, hw, hw, 3)))
+  return cfg, from_torch_state_dict(state_dict, params, cfg.num_layers, encoder=cfg.encoder,
+                                    init_encoder=enc_shapes)

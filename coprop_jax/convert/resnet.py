@@ -88,7 +88,7 @@ def from_torch_state_dict(sd: Mapping[str, np.ndarray], prefix: str = "") -> dic
 
 def convert_aot(src: SourceDict, prefix: str = "encoder.") -> dict:
   """aot-benchmark R50-AOTL encoder (`{prefix}conv1`, `bn1`, `layer{1,2,3}.{j}.*`; AOT drops
-  layer4) -> {"params", "batch_stats"} for `ResNet50(output_stride=16, depths=(3, 4, 6))`.
+  layer4) -> {"params", "batch_stats"} for `ResNet50(output_stride=16, stages=3)`.
   AOT's FrozenBatchNorm2d has weight/bias/running_mean/running_var (no num_batches_tracked)."""
   stem, block = _names(False, prefix)
   params, stats = {"conv1": {"kernel": src.take(stem("conv1") + ".weight", conv)}}, {}

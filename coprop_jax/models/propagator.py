@@ -405,8 +405,8 @@ def build_encoder(cfg):
     module = MobileNetV2(output_stride=16, dtype=dt)
     taps = lambda outs: list(outs)
   elif cfg.encoder == "resnet50":
-    module = ResNet50(output_stride=16, frozen_bn=True, dtype=dt, depths=(3, 4, 6))
-    taps = lambda outs: list(outs) + [outs[2]]
+    module = ResNet50(output_stride=16, frozen_bn=True, dtype=dt, stages=3)  # layer3 map twice
+    taps = lambda outs: list(outs)
   else:
     raise ValueError(f"propagator.encoder: expected one of {sorted(ENCODER_CHANNELS)}, got {cfg.encoder!r}")
 
