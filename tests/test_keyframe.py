@@ -25,6 +25,7 @@ def test_output_shapes(num_classes, hw):
   assert y.shape == (3,) + hw + (num_classes,) and y.dtype == jnp.float32
 
 
+@pytest.mark.slow   # ~20 s of compiles; the default audio-dependence check is in test_train.py
 def test_forward_depends_on_audio_and_is_finite():
   m = tiny(1)
   rng = np.random.default_rng(0)

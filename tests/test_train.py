@@ -135,6 +135,9 @@ def test_pipeline_batch_has_logmel_and_vggish_is_frozen(pipe):
   n_vgg = sum(x.size for x in jax.tree.leaves(state.params["vggish"]))
   n_all = sum(x.size for x in jax.tree.leaves(state.params))
   assert n_opt < 2 * (n_all - n_vgg) + 100
+  # the loss depends on the audio (through VGGish): swap the two clips' log-mels
+  _, m2 = step(_copy(state), dict(_arrays(first), audio_logmel=first["audio_logmel"][::-1]))
+  assert float(m2["loss"]) != float(m1["loss"])
 
 
 def test_keyframe_only_step_ignores_non_keyframes(pipe):
