@@ -1,5 +1,7 @@
 """Trainer pieces: loss masking, keyframe-only fine-tune, optimizer, checkpoints, multi-device,
-NaN guard, and a short KPF training run on toy clips (long audio-blind comparison is slow)."""
+NaN guard; the real data path (synthetic AVSBench tree -> TFDS -> grain -> KPF with VGGish on
+log-mels) with one shared compiled step; the CLI two-stage run and the toy training runs
+(audio-aware vs audio-blind) are slow."""
 import os
 import subprocess
 import sys
@@ -68,6 +70,136 @@ def _tiny_model(num_classes=1):
                            backbone_depths=(1, 1, 1, 1))
 
 
+# ---- real data path: synthetic MS3 tree -> TFDS build -> grain -> KPF (VGGish on log-mels) ----
+# One KPF train step is compiled for the whole module (32 px, 2 clips x 5 frames, XLA -O0); the
+# persistent compilation cache makes the CLI runs below reuse it instead of compiling again.
+
+def _pipe_config(root, *extra, arg="dataset=synthetic_ms3"):
+  from coprop_jax.utils.config import load_config
+  return load_config(f"{ROOT}/configs/keyframe_tiny.py:{arg}", [
+      f"data.manual_dir={root}/synthetic", f"data.data_dir={root}/tfds", "data.image_size=32",
+      "data.batch_size=2", "data.synthetic.num_videos=6", "train.num_steps=2",
+      "train.log_every=1", "train.lr=0.001", *extra])
+
+
+@pytest.fixture(scope="module")
+def pipe(tmp_path_factory):
+  """(config, first host batch, initial state, compiled all-frames step)."""
+  from jax.experimental.compilation_cache import compilation_cache as cc
+  from coprop_jax.models import keyframe as kf
+  from coprop_jax.train import __main__ as cli
+  from coprop_jax.train.state import FAST_COMPILE
+  root = tmp_path_factory.mktemp("kpf_pipe")
+  old = (jax.config.jax_compilation_cache_dir,
+         jax.config.jax_persistent_cache_min_compile_time_secs)
+  jax.config.update("jax_compilation_cache_dir", str(root / "xla_cache"))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  cc.reset_cache()
+  try:
+    config = _pipe_config(root)
+    batches, _, _ = cli.make_batches(config)   # generates + builds the synthetic set
+    first = next(batches)
+    model = kf.from_config(config.keyframe)
+    state = keyframe_task.init_state(model, config.train, first, config.seed, FAST_COMPILE)
+    step = make_train_step(keyframe_task.make_loss_fn(model, config.train, False),
+                           compiler_options=FAST_COMPILE)
+    state = jax.tree.map(lambda x: jax.device_put(x, x.sharding), state)
+    yield root, config, first, state, step
+  finally:
+    jax.config.update("jax_compilation_cache_dir", old[0])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
+    cc.reset_cache()
+
+
+_copy = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))   # one program, not one per leaf
+
+
+def _arrays(batch):
+  return {k: v for k, v in batch.items() if k != "video_id"}
+
+
+def test_pipeline_batch_has_logmel_and_vggish_is_frozen(pipe):
+  _, _, first, state, step = pipe
+  assert first["audio_logmel"].shape == (2, 5, 96, 64) and "audio_embed" not in first
+  assert first["frames"].shape == (2, 5, 32, 32, 3) and first["gt_valid"].all()  # MS3: GT on all
+  assert "vggish" in state.params
+  s1, m1 = step(_copy(state), _arrays(first))
+  assert float(m1["num_frames"]) == 10 and np.isfinite(float(m1["loss"]))
+  for a, b in zip(jax.tree.leaves(s1.params["vggish"]), jax.tree.leaves(state.params["vggish"])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))   # frozen: not updated
+  moved = [float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in
+           zip(jax.tree.leaves(s1.params["head_out"]), jax.tree.leaves(state.params["head_out"]))]
+  assert max(moved) > 0
+  # no Adam moments kept for the frozen VGGish (the optimizer state is much smaller than params)
+  n_opt = sum(x.size for x in jax.tree.leaves(state.opt_state))
+  n_vgg = sum(x.size for x in jax.tree.leaves(state.params["vggish"]))
+  n_all = sum(x.size for x in jax.tree.leaves(state.params))
+  assert n_opt < 2 * (n_all - n_vgg) + 100
+  # the loss depends on the audio (through VGGish): swap the two clips' log-mels
+  _, m2 = step(_copy(state), dict(_arrays(first), audio_logmel=first["audio_logmel"][::-1]))
+  assert float(m2["loss"]) != float(m1["loss"])
+
+
+def test_keyframe_only_step_ignores_non_keyframes(pipe):
+  _, _, first, state, step = pipe
+  cp = np.array([[1, 0, 1, 0, 0], [1, 0, 0, 0, 0]], np.int32)
+  kb = keyframe_task.restrict_to_keyframes(dict(first, control_points=cp))
+  np.testing.assert_array_equal(kb["gt_valid"], cp == 1)
+  s1, m1 = step(_copy(state), _arrays(kb))
+  assert float(m1["num_frames"]) == 3
+  m = kb["masks"].copy()
+  m[0, 1] = 1 - m[0, 1]
+  m[1, 3] = 1 - m[1, 3]        # non-keyframes only: identical update
+  s2, m2 = step(_copy(state), _arrays(dict(kb, masks=m)))
+  assert float(m1["loss"]) == float(m2["loss"])
+  for x, y in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s2.params)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  m[0, 2] = 1 - m[0, 2]        # a keyframe: the update moves
+  _, m3 = step(_copy(state), _arrays(dict(kb, masks=m)))
+  assert float(m3["loss"]) != float(m1["loss"])
+  _, m4 = step(_copy(state), _arrays(dict(kb, gt_valid=np.zeros((2, 5), bool))))
+  assert float(m4["loss"]) == 0.0 and float(m4["grad_norm"]) == 0.0   # no GT: no gradient
+  with pytest.raises(ValueError, match="control_points"):
+    keyframe_task.restrict_to_keyframes({"gt_valid": kb["gt_valid"]})
+
+
+@pytest.mark.slow
+def test_cli_trains_then_finetunes_on_keyframes_from_file(pipe):
+  """All-frames run (2 steps, Orbax checkpoint) -> keyframe fine-tune from that checkpoint with
+  control points read from an RCPG-style JSONL file, both through `coprop_jax.train.run`.
+  Slow (~75 s on the 2-core box: two traces of init and step, 280 MB checkpoints with VGGish)."""
+  import json
+  from coprop_jax.train import __main__ as cli
+  root, config, _, state, _ = pipe
+  s1 = cli.run(config, str(root / "run1"))
+  assert s1["final_step"] == 2 and [h["num_frames"] for h in s1["history"]] == [10, 10]
+  ck1 = Checkpointer(s1["checkpoints"])
+  assert ck1.latest_step() == 2
+  p1 = ck1.restore_params(state)
+  ck1.close()
+  vids = [f"synms3_{i:05d}" for i in range(6)]
+  cp_file = root / "control_points.jsonl"
+  cp_file.write_text("".join(json.dumps({"video_id": v, "flags": [1, 0, 0, 1, 0]}) + "\n"
+                             for v in vids))
+  ft = _pipe_config(root, f"data.control_points_file={cp_file}",
+                    f"train.init_from={s1['checkpoints']}", "seed=1",
+                    arg="dataset=synthetic_ms3,finetune=True")
+  assert ft.train.keyframes_only
+  s2 = cli.run(ft, str(root / "run2"))
+  assert s2["final_step"] == 2
+  assert [h["num_frames"] for h in s2["history"]] == [4, 4]   # 2 clips x 2 keyframes
+  ck2 = Checkpointer(s2["checkpoints"])
+  p2 = ck2.restore_params(state)
+  ck2.close()
+  # started from run 1's params (seed=1 would give a different init): 2 Adam steps of lr 1e-3
+  d = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+          for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p2)))
+  assert 0 < d < 0.01, d
+  bad = _pipe_config(root, f"data.control_points_file={root / 'missing.jsonl'}")
+  with pytest.raises(Exception, match="missing.jsonl"):
+    cli.make_batches(bad)
+
+
 @pytest.fixture(scope="module")
 def kf_finetune():
   """One compiled keyframe-only train step on toy clips (2 clips x 4 frames, 32x32), shared."""
@@ -80,31 +212,19 @@ def kf_finetune():
   return model, batches, first, state, step
 
 
-def _copy(tree):
-  return jax.tree.map(jnp.copy, tree)
-
-
-def test_keyframe_only_step_ignores_non_keyframes(kf_finetune):
+@pytest.mark.slow
+def test_in_graph_keyframe_only_loss_matches_host_restriction(kf_finetune):
   _, _, first, state, step = kf_finetune
-  arrays = {k: v for k, v in first.items() if k != "video_id"}
-  arrays["control_points"] = np.array([[1, 0, 1, 0], [1, 0, 0, 0]], np.int32)
-  s1, m1 = step(_copy(state), arrays)
+  arrays = dict(_arrays(first), control_points=np.array([[1, 0, 1, 0], [1, 0, 0, 0]], np.int32))
+  _, m1 = step(_copy(state), arrays)
   assert float(m1["num_frames"]) == 3
   m = arrays["masks"].copy()
   m[0, 1] = 1 - m[0, 1]
-  m[1, 3] = 1 - m[1, 3]        # non-keyframes only: identical update
-  s2, m2 = step(_copy(state), dict(arrays, masks=m))
+  _, m2 = step(_copy(state), dict(arrays, masks=m))
   assert float(m1["loss"]) == float(m2["loss"])
-  for x, y in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s2.params)):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-  m[0, 2] = 1 - m[0, 2]        # a keyframe: the update moves
-  s3, m3 = step(_copy(state), dict(arrays, masks=m))
-  assert float(m3["loss"]) != float(m1["loss"])
-  gv = dict(arrays, gt_valid=np.zeros((2, 4), bool))
-  _, m4 = step(_copy(state), gv)  # no GT at all: zero loss, zero gradient
-  assert float(m4["loss"]) == 0.0 and float(m4["grad_norm"]) == 0.0
 
 
+@pytest.mark.slow
 def test_short_keyframe_finetune_reduces_loss(kf_finetune):
   _, batches, _, state, step = kf_finetune
   _, hist = loop.train_loop(_copy(state), step, batches, 60, log_every=1, logger=lambda s: None)
@@ -119,6 +239,11 @@ def test_optimizer_config():
   p = {"w": jnp.ones(3)}
   u, _ = tx.update({"w": jnp.ones(3)}, tx.init(p), p)
   np.testing.assert_allclose(np.asarray(u["w"]), -0.5, rtol=1e-4)   # Adam's first step = -lr
+  tx = make_optimizer(tc, frozen=("f",))
+  p = {"w": jnp.ones(3), "f": {"k": jnp.ones(2)}}
+  u, _ = tx.update(p, tx.init(p), p)
+  np.testing.assert_allclose(np.asarray(u["w"]), -0.5, rtol=1e-4)
+  np.testing.assert_array_equal(np.asarray(u["f"]["k"]), 0.0)
   tc.optimizer = "nope"
   with pytest.raises(ValueError, match="unknown 'nope'"):
     make_optimizer(tc)

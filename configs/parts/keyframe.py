@@ -21,5 +21,8 @@ def get_keyframe_config() -> ml_collections.ConfigDict:
   c.num_audio_tokens = 4
   # Optional PVT-v2 blocks-per-stage override, e.g. (1, 1, 1, 1) for tiny tests; () = variant's.
   c.backbone_depths = ()
+  # Keep the VGGish audio net frozen when audio comes as log-mel patches (AVSBench's default:
+  # its pretrained audio extractor is not trained); False trains it with the rest.
+  c.freeze_vggish = True
   c.dtype = "float32"
   return c

@@ -114,6 +114,8 @@ class KeyframeProcessor(nn.Module):
     num_audio_tokens: tokens the 128-d audio embedding is expanded into.
     num_classes: 1 (binary) or K (semantic, background = class 0).
     backbone_depths: optional PVT-v2 block counts override (tiny test models).
+    freeze_vggish: no gradient flows into the VGGish net (AVSBench keeps its pretrained audio
+      extractor frozen); pair with `make_optimizer(..., frozen=("vggish",))`.
     dtype: compute dtype (params float32).
   Call:
     images: [N, H, W, 3] normalised, H and W divisible by 32;
@@ -130,6 +132,7 @@ class KeyframeProcessor(nn.Module):
   num_audio_tokens: int = 4
   num_classes: int = 1
   backbone_depths: Optional[tuple[int, ...]] = None
+  freeze_vggish: bool = True
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -145,6 +148,8 @@ class KeyframeProcessor(nn.Module):
         raise ValueError("KPF: give audio_embed [N, 128] or audio_logmel [N, 96, 64]")
       from coprop_jax.models import vggish  # cnn branch
       audio_embed = vggish.VGGish(dtype=self.dtype, name="vggish")(audio_logmel)
+      if self.freeze_vggish:
+        audio_embed = jax.lax.stop_gradient(audio_embed)
     if audio_embed.shape != (n, 128):
       raise ValueError(f"KPF audio_embed: expected [{n}, 128], got {tuple(audio_embed.shape)}")
 
@@ -228,4 +233,5 @@ def from_config(kc: Any, backbone_depths: Optional[Sequence[int]] = None) -> Key
       backbone=kc.backbone, d_model=kc.d_model, num_heads=kc.num_heads,
       num_encoder_layers=kc.num_encoder_layers, num_decoder_layers=kc.num_decoder_layers,
       num_queries=kc.num_queries, num_audio_tokens=kc.get("num_audio_tokens", 4),
-      num_classes=kc.num_classes, backbone_depths=depths, dtype=jnp.dtype(kc.dtype))
+      num_classes=kc.num_classes, backbone_depths=depths,
+      freeze_vggish=bool(kc.get("freeze_vggish", True)), dtype=jnp.dtype(kc.dtype))

@@ -34,6 +34,16 @@ def flatten_frames(batch: dict) -> dict:
   return out
 
 
+def restrict_to_keyframes(batch: dict) -> dict:
+  """Host-side keyframe-only fine-tune: gt_valid &= (control_points == 1), so only keyframes
+  carry loss weight. Same effect as `make_loss_fn(..., keyframes_only=True)`, but the step
+  compiled for all-frames training is reused (the trainer CLI does this)."""
+  if "control_points" not in batch:
+    raise ValueError("restrict_to_keyframes: batch has no 'control_points' [B, T]")
+  return dict(batch, gt_valid=np.asarray(batch["gt_valid"]).astype(bool)
+              & (np.asarray(batch["control_points"]) == 1))
+
+
 def make_loss_fn(model: kf.KeyframeProcessor, tc: Any, keyframes_only: bool,
                  audio_mode: str = "normal"):
   """loss_fn(params, extra, batch, rng) -> (loss, aux). audio_mode: "normal", "zero" (audio-blind
@@ -43,11 +53,7 @@ def make_loss_fn(model: kf.KeyframeProcessor, tc: Any, keyframes_only: bool,
 
   def loss_fn(params, extra, batch, rng):
     f = flatten_frames(batch)
-    audio = f.get("audio_embed")
-    if audio is not None:
-      audio = corrupt_audio(audio, audio_mode, rng)
-    logits = model.apply({"params": params, **extra}, f["frames"], audio_embed=audio,
-                         audio_logmel=None if audio is not None else f.get("audio_logmel"),
+    logits = model.apply({"params": params, **extra}, f["frames"], **_audio(f, audio_mode, rng),
                          train=True, rngs={"dropout": rng})
     weight = losses.frame_weights(f["gt_valid"], f["frame_valid"], f.get("control_points"),
                                   keyframes_only)
@@ -56,6 +62,17 @@ def make_loss_fn(model: kf.KeyframeProcessor, tc: Any, keyframes_only: bool,
     return out["loss"], {k: v for k, v in out.items() if k != "loss"}
 
   return loss_fn
+
+
+def _audio(f: dict, mode: str, rng: jax.Array) -> dict:
+  """Model audio kwargs from flattened frames: audio_embed [N, 128] if present, else
+  audio_logmel [N, 96, 64] (the KPF runs VGGish on it); corrupted per `mode`."""
+  if "audio_embed" in f:
+    return dict(audio_embed=corrupt_audio(f["audio_embed"], mode, rng))
+  if "audio_logmel" in f:
+    return dict(audio_logmel=corrupt_audio(f["audio_logmel"], mode, rng))
+  raise ValueError("KPF batch: needs 'audio_embed' [B, T, 128] or 'audio_logmel' [B, T, 96, 64]; "
+                   f"got keys {sorted(f)}")
 
 
 def corrupt_audio(audio: jax.Array, mode: str, rng: jax.Array) -> jax.Array:
@@ -68,36 +85,38 @@ def corrupt_audio(audio: jax.Array, mode: str, rng: jax.Array) -> jax.Array:
   raise ValueError(f"audio_mode: unknown {mode!r}; expected normal, zero or shuffle")
 
 
-def init_state(model: kf.KeyframeProcessor, tc: Any, sample_batch: dict, seed: int = 0
-               ) -> TrainState:
-  """Initialise params (from one sample batch's shapes) and the optimizer."""
+def init_state(model: kf.KeyframeProcessor, tc: Any, sample_batch: dict, seed: int = 0,
+               compiler_options: Optional[dict] = None) -> TrainState:
+  """Initialise params (from one sample batch's shapes) and the optimizer. With a frozen VGGish
+  (`model.freeze_vggish` and log-mel audio) its params get no optimizer state or updates."""
   f = flatten_frames({k: v[:1] for k, v in sample_batch.items() if hasattr(v, "shape")
                       and v.dtype.kind not in "OSU"})
   key = jax.random.PRNGKey(seed)
-  variables = jax.jit(lambda k: model.init(
-      k, jnp.asarray(f["frames"]), audio_embed=f.get("audio_embed"),
-      audio_logmel=None if "audio_embed" in f else f.get("audio_logmel")))(key)
-  variables = dict(variables)
-  params = variables.pop("params")
-  return TrainState.create(params, make_optimizer(tc), extra=variables,
-                           rng=jax.random.fold_in(key, 1))
+  frames = jnp.asarray(f["frames"])
+  audio = {k: jnp.asarray(v) for k, v in _audio(f, "normal", key).items()}
+  frozen = ("vggish",) if model.freeze_vggish and "audio_logmel" in audio else ()
+  tx = make_optimizer(tc, frozen)
+
+  def make(k, frames, audio):  # one program: params, other collections and optimizer state
+    variables = dict(model.init(k, frames, **audio))
+    params = variables.pop("params")
+    return TrainState.create(params, tx, extra=variables, rng=jax.random.fold_in(k, 1))
+
+  return jax.jit(make, compiler_options=compiler_options)(key, frames, audio)
 
 
-def make_predict_fn(model: kf.KeyframeProcessor, audio_mode: str = "normal"):
+def make_predict_fn(model: kf.KeyframeProcessor, audio_mode: str = "normal",
+                    compiler_options: Optional[dict] = None):
   """jit(predict)(params, extra, batch) -> logits [B, T, H, W, C]."""
 
-  @jax.jit
   def predict(params, extra, batch):
     f = flatten_frames(batch)
-    audio = f.get("audio_embed")
-    if audio is not None:
-      audio = corrupt_audio(audio, audio_mode, jax.random.PRNGKey(0))
-    logits = model.apply({"params": params, **extra}, f["frames"], audio_embed=audio,
-                         audio_logmel=None if audio is not None else f.get("audio_logmel"))
+    logits = model.apply({"params": params, **extra}, f["frames"],
+                         **_audio(f, audio_mode, jax.random.PRNGKey(0)))
     b, t = batch["frames"].shape[:2]
     return logits.reshape((b, t) + logits.shape[1:])
 
-  return predict
+  return jax.jit(predict, compiler_options=compiler_options)
 
 
 def evaluate(predict, params, extra, batches, num_classes: int, keyframes_only: bool = False,

@@ -38,6 +38,11 @@ def train_loop(state: TrainState, step_fn: Callable, batches: Iterator[dict], nu
   """
   if mesh is not None:
     state = shd.put_replicated(mesh, state)
+  else:
+    # Commit every leaf to its device: a state mixing uncommitted leaves (fresh optimizer state)
+    # with committed ones (restored params) would otherwise compile the step twice.
+    state = jax.tree.map(lambda x: jax.device_put(x, x.sharding) if isinstance(x, jax.Array)
+                         else x, state)
   history = []
   start = int(jax.device_get(state.step))
   t0 = time.perf_counter()

@@ -7,7 +7,7 @@ the old state and returns (new_state, metrics) with loss, grad_norm and the aux 
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import flax
 import jax
@@ -39,9 +39,12 @@ class TrainState:
                         opt_state=opt_state)
 
 
-def make_optimizer(tc: Any) -> optax.GradientTransformation:
+def make_optimizer(tc: Any, frozen: Sequence[str] = ()) -> optax.GradientTransformation:
   """optax transform from `config.train`: optimizer ("adam" | "adamw" | "sgd"), lr,
-  weight_decay, optional grad_clip (global norm; <= 0 disables)."""
+  weight_decay, optional grad_clip (global norm; <= 0 disables).
+
+  `frozen`: top-level parameter names (e.g. "vggish") that are never updated: their updates are
+  zero (no weight decay either) and the optimizer keeps no moments for them."""
   name = tc.get("optimizer", "adam")
   lr = float(tc.get("lr", 1e-4))
   wd = float(tc.get("weight_decay", 0.0))
@@ -54,14 +57,30 @@ def make_optimizer(tc: Any) -> optax.GradientTransformation:
   else:
     raise ValueError(f"train.optimizer: unknown {name!r}; expected adam, adamw or sgd")
   clip = float(tc.get("grad_clip", 0.0))
-  return optax.chain(optax.clip_by_global_norm(clip), tx) if clip > 0 else tx
+  tx = optax.chain(optax.clip_by_global_norm(clip), tx) if clip > 0 else tx
+  if not frozen:
+    return tx
+  frozen = tuple(frozen)
 
+  def labels(params):
+    return {k: jax.tree.map(lambda _: "frozen" if k in frozen else "train", v)
+            for k, v in params.items()}
+
+  return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+
+
+# XLA options that cut CPU compile time ~3-4x (LLVM at -O0) at some run-time cost: for tiny
+# models in tests and CPU demos (`config.train.fast_compile`), not for real training.
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
 LossFn = Callable[[Any, Any, dict, Array], tuple[Array, dict]]
 
 
-def make_train_step(loss_fn: LossFn, donate: bool = True) -> Callable:
-  """jit(step)(state, batch) -> (state, metrics). metrics: loss, grad_norm, aux scalars."""
+def make_train_step(loss_fn: LossFn, donate: bool = True,
+                    compiler_options: Optional[dict] = None) -> Callable:
+  """jit(step)(state, batch) -> (state, metrics). metrics: loss, grad_norm, aux scalars.
+
+  `compiler_options`: XLA options for this step, e.g. `FAST_COMPILE` for tiny CPU runs/tests."""
 
   def step(state: TrainState, batch: dict):
     rng, sub = jax.random.split(state.rng)
@@ -71,4 +90,4 @@ def make_train_step(loss_fn: LossFn, donate: bool = True) -> Callable:
     metrics = dict(aux, loss=loss, grad_norm=optax.global_norm(grads))
     return new, metrics
 
-  return jax.jit(step, donate_argnums=(0,) if donate else ())
+  return jax.jit(step, donate_argnums=(0,) if donate else (), compiler_options=compiler_options)
