@@ -200,6 +200,39 @@ def test_cli_trains_then_finetunes_on_keyframes_from_file(pipe):
     cli.make_batches(bad)
 
 
+def test_load_pretrained_encoders(pipe, tmp_path):
+  """keyframe.backbone_weights / vggish_weights: Orbax checkpoints from the converters land in
+  params["backbone"] / params["vggish"]; a checkpoint that does not fit names the difference."""
+  from coprop_jax.convert import pvt_v2 as cv
+  from coprop_jax.convert.checkpoint_io import CheckpointError, save_params
+  from coprop_jax.models.vggish import VGGish
+  from test_pvt_v2 import hf_model, state_dict
+  _, config, _, state, _ = pipe
+  pvt = cv.from_torch_state_dict(state_dict(hf_model("b0", (1, 1, 1, 1))), "b0", depths=(1, 1, 1, 1))
+  save_params(pvt, tmp_path / "pvt")
+  shapes = jax.eval_shape(VGGish().init, jax.random.PRNGKey(0), jnp.zeros((1, 96, 64)))["params"]
+  rs = np.random.default_rng(0)
+  vgg = jax.tree.map(lambda s: rs.standard_normal(s.shape).astype(np.float32), shapes)
+  save_params(vgg, tmp_path / "vgg")
+  kc = ml_collections.ConfigDict(config.keyframe.to_dict())
+  kc.backbone_weights, kc.vggish_weights = str(tmp_path / "pvt"), str(tmp_path / "vgg")
+  got = keyframe_task.load_pretrained(state, kc)
+  for want, have in ((pvt, got.params["backbone"]), (vgg, got.params["vggish"])):
+    for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(have)):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert jax.tree.structure(got.params) == jax.tree.structure(state.params)
+  bad = dict(pvt, extra_block={"kernel": np.zeros((1,), np.float32)})
+  bad.pop("stage0_patch_embed")
+  save_params(bad, tmp_path / "bad")
+  kc.backbone_weights, kc.vggish_weights = str(tmp_path / "bad"), ""
+  with pytest.raises(CheckpointError, match="(?s)not filled.*stage0_patch_embed.*not in the model.*extra_block"):
+    keyframe_task.load_pretrained(state, kc)
+  (tmp_path / "junk").mkdir()
+  kc.backbone_weights = str(tmp_path / "junk")
+  with pytest.raises(CheckpointError, match="junk"):
+    keyframe_task.load_pretrained(state, kc)
+
+
 @pytest.fixture(scope="module")
 def kf_finetune():
   """One compiled keyframe-only train step on toy clips (2 clips x 4 frames, 32x32), shared."""

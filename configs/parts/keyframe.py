@@ -24,5 +24,14 @@ def get_keyframe_config() -> ml_collections.ConfigDict:
   # Keep the VGGish audio net frozen when audio comes as log-mel patches (AVSBench's default:
   # its pretrained audio extractor is not trained); False trains it with the rest.
   c.freeze_vggish = True
+  # Pretrained encoders: Orbax checkpoints written by `python -m coprop_jax.convert` ("" = random
+  # init). backbone_weights: `convert pvt_v2 --variant bX` (or `convert resnet50` for "resnet50");
+  # vggish_weights: `convert vggish`. Loaded into a fresh run only (not over init_from / resume),
+  # shapes checked against the model; a mismatch names the parameters that differ.
+  c.backbone_weights = ""
+  c.vggish_weights = ""
+  # Which checkpoint family backbone_weights came from ("hf", "original" whai362/PVT, "mmseg"):
+  # fixes PVT-v2's LayerNorm epsilons (1e-6 for Hugging Face, 1e-5 for the other two).
+  c.backbone_source = "hf"
   c.dtype = "float32"
   return c

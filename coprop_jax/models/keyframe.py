@@ -29,22 +29,20 @@ from coprop_jax.models import layers
 Array = jax.Array
 
 
-def build_backbone(name: str, dtype: Any, depths: Optional[Sequence[int]] = None) -> nn.Module:
+def build_backbone(name: str, dtype: Any, depths: Optional[Sequence[int]] = None,
+                   source: str = "hf", module_name: Optional[str] = None) -> nn.Module:
   """"pvt_v2_b0".."pvt_v2_b5", "pvt_v2_b2_linear" or "resnet50" -> a Linen module returning 4 maps.
 
-  `depths` overrides PVT-v2 block counts (tiny test models only).
+  `depths` overrides PVT-v2 block counts (tiny test models only); `source` ("hf", "original",
+  "mmseg") sets PVT-v2's LayerNorm epsilons to those of the checkpoint its weights come from.
   """
   if name.startswith("pvt_v2_"):
     from coprop_jax.models import pvt_v2
-    return pvt_v2.build_model(name[len("pvt_v2_"):], dtype=dtype,
-                              depths=tuple(depths) if depths else None)
+    return pvt_v2.build_model(name[len("pvt_v2_"):], source=source, dtype=dtype,
+                              depths=tuple(depths) if depths else None, name=module_name)
   if name == "resnet50":
-    try:
-      from coprop_jax.models import resnet
-    except ImportError as e:  # the cnn branch provides it
-      raise ImportError("KPF backbone 'resnet50' needs coprop_jax.models.resnet (not installed in "
-                        "this tree)") from e
-    return resnet.ResNet50(output_stride=32, frozen_bn=True, dtype=dtype)
+    from coprop_jax.models import resnet
+    return resnet.ResNet50(output_stride=32, frozen_bn=True, dtype=dtype, name=module_name)
   raise ValueError(f"KPF: unknown backbone {name!r}; expected pvt_v2_b0..b5, pvt_v2_b2_linear or "
                    "resnet50")
 
@@ -114,6 +112,9 @@ class KeyframeProcessor(nn.Module):
     num_audio_tokens: tokens the 128-d audio embedding is expanded into.
     num_classes: 1 (binary) or K (semantic, background = class 0).
     backbone_depths: optional PVT-v2 block counts override (tiny test models).
+    backbone_source: checkpoint family of the PVT-v2 weights ("hf", "original", "mmseg"), which
+      fixes its LayerNorm epsilons. Params: the backbone is `params["backbone"]`, VGGish
+      `params["vggish"]` (see `coprop_jax.train.keyframe_task.load_pretrained`).
     freeze_vggish: no gradient flows into the VGGish net (AVSBench keeps its pretrained audio
       extractor frozen); pair with `make_optimizer(..., frozen=("vggish",))`.
     dtype: compute dtype (params float32).
@@ -132,6 +133,7 @@ class KeyframeProcessor(nn.Module):
   num_audio_tokens: int = 4
   num_classes: int = 1
   backbone_depths: Optional[tuple[int, ...]] = None
+  backbone_source: str = "hf"
   freeze_vggish: bool = True
   dtype: Any = jnp.float32
 
@@ -153,7 +155,8 @@ class KeyframeProcessor(nn.Module):
     if audio_embed.shape != (n, 128):
       raise ValueError(f"KPF audio_embed: expected [{n}, 128], got {tuple(audio_embed.shape)}")
 
-    feats = build_backbone(self.backbone, self.dtype, self.backbone_depths)(images, train=train)
+    feats = build_backbone(self.backbone, self.dtype, self.backbone_depths, self.backbone_source,
+                           module_name="backbone")(images, train=train)
     if isinstance(feats, tuple) and len(feats) == 2 and isinstance(feats[0], (list, tuple)):
       feats = feats[0]
 
@@ -234,4 +237,5 @@ def from_config(kc: Any, backbone_depths: Optional[Sequence[int]] = None) -> Key
       num_encoder_layers=kc.num_encoder_layers, num_decoder_layers=kc.num_decoder_layers,
       num_queries=kc.num_queries, num_audio_tokens=kc.get("num_audio_tokens", 4),
       num_classes=kc.num_classes, backbone_depths=depths,
+      backbone_source=kc.get("backbone_source", "hf"),
       freeze_vggish=bool(kc.get("freeze_vggish", True)), dtype=jnp.dtype(kc.dtype))

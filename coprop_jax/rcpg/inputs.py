@@ -100,11 +100,7 @@ def make_embed_fn(cfg) -> Callable[[str, np.ndarray], np.ndarray]:
       return e[:len(logmel)]
     return load
   if kind == "vggish":
-    try:
-      from coprop_jax.models import vggish
-    except ImportError as e:
-      raise ImportError("rcpg.embedding='vggish' needs coprop_jax.models.vggish (branch cnn); "
-                        "use embedding='precomputed' or 'logmel_mean' meanwhile") from e
+    from coprop_jax.models import vggish
     if not cfg.vggish_params:
       raise ValueError("rcpg.vggish_params: empty; give the Orbax dir written by "
                        "`python -m coprop_jax.convert vggish --src vggish.pth --out DIR`")

@@ -93,6 +93,10 @@ def run(config, workdir: str) -> dict:
   model = kf.from_config(config.keyframe)
   opts = FAST_COMPILE if tc.get("fast_compile", False) else None
   state = keyframe_task.init_state(model, tc, first, config.seed, compiler_options=opts)
+  if config.keyframe.backbone_weights or config.keyframe.vggish_weights:
+    state = keyframe_task.load_pretrained(state, config.keyframe)
+    logging.info("pretrained encoders: backbone %r, vggish %r", config.keyframe.backbone_weights,
+                 config.keyframe.vggish_weights)
   if tc.init_from:
     src = Checkpointer(tc.init_from)
     params = src.restore_params(state)

@@ -105,6 +105,51 @@ def init_state(model: kf.KeyframeProcessor, tc: Any, sample_batch: dict, seed: i
   return jax.jit(make, compiler_options=compiler_options)(key, frames, audio)
 
 
+def load_pretrained(state: TrainState, kc: Any) -> TrainState:
+  """`state` with converted encoder weights put in place (Orbax checkpoints written by
+  `python -m coprop_jax.convert`; `kc` = `config.keyframe`).
+
+  `kc.backbone_weights` -> `params["backbone"]` (PVT-v2 params, or ResNet-50 {"params",
+  "batch_stats"} whose statistics go to `extra["batch_stats"]["backbone"]`);
+  `kc.vggish_weights` -> `params["vggish"]` (needs log-mel audio: with precomputed embeddings the
+  model has no VGGish). Shapes are checked against the model's own; Adam moments start at zero
+  either way, so the optimizer state stays valid.
+  """
+  from coprop_jax.convert.checkpoint_io import CheckpointError, check_params_match, restore_params
+  params, extra = dict(state.params), dict(state.extra)
+
+  def read(path, what):
+    try:
+      return restore_params(path)
+    except CheckpointError:
+      raise
+    except Exception as e:  # orbax raises its own types for a non-checkpoint directory
+      raise CheckpointError(f"keyframe.{what} {path}: not a readable Orbax checkpoint ({e})") from e
+
+  if kc.get("backbone_weights"):
+    tree = read(kc.backbone_weights, "backbone_weights")
+    stats = None
+    if isinstance(tree, dict) and set(tree) == {"params", "batch_stats"}:
+      tree, stats = tree["params"], tree["batch_stats"]
+    check_params_match(tree, params["backbone"], f"keyframe.backbone_weights ({kc.backbone})")
+    params["backbone"] = jax.tree_util.tree_map(jnp.asarray, tree)
+    if "batch_stats" in extra and "backbone" in extra["batch_stats"]:
+      if stats is None:
+        raise CheckpointError(f"keyframe.backbone_weights {kc.backbone_weights}: {kc.backbone} has "
+                              "BatchNorm statistics but the checkpoint holds none")
+      check_params_match(stats, extra["batch_stats"]["backbone"], "backbone BatchNorm statistics")
+      extra["batch_stats"] = dict(extra["batch_stats"], backbone=jax.tree_util.tree_map(jnp.asarray, stats))
+  if kc.get("vggish_weights"):
+    if "vggish" not in params:
+      raise ValueError("keyframe.vggish_weights is set but the data gives precomputed audio_embed, "
+                       "so the KPF has no VGGish; clear it or feed audio_logmel")
+    tree = read(kc.vggish_weights, "vggish_weights")
+    tree = tree.get("params", tree) if isinstance(tree, dict) else tree
+    check_params_match(tree, params["vggish"], "keyframe.vggish_weights (VGGish)")
+    params["vggish"] = jax.tree_util.tree_map(jnp.asarray, tree)
+  return state.replace(params=params, extra=extra)
+
+
 def make_predict_fn(model: kf.KeyframeProcessor, audio_mode: str = "normal",
                     compiler_options: Optional[dict] = None):
   """jit(predict)(params, extra, batch) -> logits [B, T, H, W, C]."""
