@@ -27,24 +27,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-
-def parse_size(s: str) -> tuple[int, int]:
-  if "x" in s:
-    h, w = s.lower().split("x")
-    return int(h), int(w)
-  return int(s), int(s)
-
-
-def time_loop(fn, iters: int, warmup: int, max_seconds: float) -> tuple[float, int]:
-  for _ in range(warmup):
-    fn()
-  n, start = 0, time.perf_counter()
-  while n < iters:
-    fn()
-    n += 1
-    if time.perf_counter() - start > max_seconds:
-      break
-  return (time.perf_counter() - start) / n, n
+from _timing import parse_size, time_loop  # noqa: E402
 
 
 def _randomise_bn(model, torch):
@@ -79,33 +62,11 @@ def build(name: str, dtype, depthwise: str):
                                             layer_norm_eps=1e-5), add_pooling_layer=False).eval()
     _randomise_bn(tm, torch)
     sd = {k: v.numpy() for k, v in tm.state_dict().items()}
-    variables = cv.from_torch_state_dict(_hf_mnv2_to_torchvision(sd))
+    variables = cv.from_torch_state_dict(cv.hf_to_torchvision_names(sd))
     return (tm, MobileNetV2(dtype=dtype, depthwise_impl=depthwise), variables,
             lambda o: [o.hidden_states[1], o.hidden_states[4], o.hidden_states[11],
                        o.last_hidden_state])
   raise ValueError(f"unknown model {name!r}; expected resnet50 or mobilenet_v2")
-
-
-def _hf_mnv2_to_torchvision(sd):
-  out = {}
-
-  def cbn(src, dst, bn_dst):
-    for k, v in sd.items():
-      if k.startswith(src + ".convolution."):
-        out[dst + "." + k.rsplit(".", 1)[1]] = v
-      elif k.startswith(src + ".normalization."):
-        out[bn_dst + "." + k.rsplit(".", 1)[1]] = v
-
-  cbn("conv_stem.first_conv", "features.0.0", "features.0.1")
-  cbn("conv_stem.conv_3x3", "features.1.conv.0.0", "features.1.conv.0.1")
-  cbn("conv_stem.reduce_1x1", "features.1.conv.1", "features.1.conv.2")
-  for i in range(16):
-    f = f"features.{i + 2}.conv."
-    cbn(f"layer.{i}.expand_1x1", f + "0.0", f + "0.1")
-    cbn(f"layer.{i}.conv_3x3", f + "1.0", f + "1.1")
-    cbn(f"layer.{i}.reduce_1x1", f + "2", f + "3")
-  cbn("conv_1x1", "features.18.0", "features.18.1")
-  return out
 
 
 def bench(name: str, args) -> dict:

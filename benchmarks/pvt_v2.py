@@ -27,15 +27,10 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from _timing import parse_size, time_loop  # noqa: E402
+
 from coprop_jax.convert import pvt_v2 as cv  # noqa: E402
 from coprop_jax.models import pvt_v2 as pm  # noqa: E402
-
-
-def parse_size(s: str) -> tuple[int, int]:
-  if "x" in s:
-    h, w = s.lower().split("x")
-    return int(h), int(w)
-  return int(s), int(s)
 
 
 def random_params(variant: str, seed: int = 0):
@@ -50,19 +45,6 @@ def random_params(variant: str, seed: int = 0):
       return np.zeros(s.shape, np.float32)
     return (0.02 * rng.standard_normal(s.shape)).astype(np.float32)
   return jax.tree_util.tree_map_with_path(fill, shapes)
-
-
-def time_loop(fn, iters: int, warmup: int, max_seconds: float) -> tuple[float, int]:
-  """Seconds per call (mean over the timed calls) and the number of timed calls."""
-  for _ in range(warmup):
-    fn()
-  n, start = 0, time.perf_counter()
-  while n < iters:
-    fn()
-    n += 1
-    if time.perf_counter() - start > max_seconds:
-      break
-  return (time.perf_counter() - start) / n, n
 
 
 def bench_variant(variant: str, args) -> dict:

@@ -20,25 +20,8 @@ from coprop_jax.models.mobilenet_v2 import MobileNetV2, block_specs
 
 
 def hf_to_torchvision(sd):
-  """HF MobileNetV2Model keys -> torchvision / AOT `features.*` keys."""
-  out = {}
-
-  def cbn(src, dst, bn_dst):
-    for k, v in sd.items():
-      if k.startswith(src + ".convolution."):
-        out[dst + "." + k.rsplit(".", 1)[1]] = v
-      elif k.startswith(src + ".normalization."):
-        out[bn_dst + "." + k.rsplit(".", 1)[1]] = v
-
-  cbn("conv_stem.first_conv", "features.0.0", "features.0.1")
-  cbn("conv_stem.conv_3x3", "features.1.conv.0.0", "features.1.conv.0.1")
-  cbn("conv_stem.reduce_1x1", "features.1.conv.1", "features.1.conv.2")
-  for i in range(16):
-    f = f"features.{i + 2}.conv."
-    cbn(f"layer.{i}.expand_1x1", f + "0.0", f + "0.1")
-    cbn(f"layer.{i}.conv_3x3", f + "1.0", f + "1.1")
-    cbn(f"layer.{i}.reduce_1x1", f + "2", f + "3")
-  cbn("conv_1x1", "features.18.0", "features.18.1")
+  """HF MobileNetV2Model keys -> torchvision / AOT `features.*` keys (the converter's utility)."""
+  out = conv_mnv2.hf_to_torchvision_names(sd)
   assert len(out) == len(sd), "every HF key renamed"
   return out
 

@@ -8,7 +8,7 @@ dict (`features.*`; `classifier.*` ignored), which is what AOT's `MODEL_ENCODER_
 """
 from __future__ import annotations
 
-from typing import Mapping, Optional
+from typing import Any, Mapping, Optional
 
 import numpy as np
 
@@ -67,4 +67,35 @@ def from_torch_state_dict(sd: Mapping[str, np.ndarray], prefix: Optional[str] = 
   src.finish()
   want = jax.eval_shape(MobileNetV2().init, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
   check_params_match(out, dict(want), "MobileNetV2")
+  return out
+
+
+def hf_to_torchvision_names(sd: Mapping[str, Any]) -> dict:
+  """Hugging Face `MobileNetV2Model` keys -> torchvision / AOT `features.*` keys (values untouched).
+
+  HF's layout equals AOT's encoder when built with `MobileNetV2Config(output_stride=16,
+  tf_padding=False, layer_norm_eps=1e-5)`; Google's released HF checkpoints use TF padding and
+  do not match AOT numerically even though their names convert.
+  """
+  out = {}
+
+  def cbn(src, dst, bn_dst):
+    for k, v in sd.items():
+      if k.startswith(src + ".convolution."):
+        out[dst + "." + k.rsplit(".", 1)[1]] = v
+      elif k.startswith(src + ".normalization."):
+        out[bn_dst + "." + k.rsplit(".", 1)[1]] = v
+
+  cbn("conv_stem.first_conv", "features.0.0", "features.0.1")
+  cbn("conv_stem.conv_3x3", "features.1.conv.0.0", "features.1.conv.0.1")
+  cbn("conv_stem.reduce_1x1", "features.1.conv.1", "features.1.conv.2")
+  for i in range(16):
+    f = f"features.{i + 2}.conv."
+    cbn(f"layer.{i}.expand_1x1", f + "0.0", f + "0.1")
+    cbn(f"layer.{i}.conv_3x3", f + "1.0", f + "1.1")
+    cbn(f"layer.{i}.reduce_1x1", f + "2", f + "3")
+  cbn("conv_1x1", "features.18.0", "features.18.1")
+  unused = sorted(k for k in sd if not k.startswith(("conv_stem.", "layer.", "conv_1x1.")))
+  if unused:
+    raise CheckpointError(f"HF MobileNetV2 state dict: keys outside its layout: {unused[:10]}")
   return out
