@@ -83,8 +83,11 @@ class Preprocess:
   control_points int32 [T], video_id str.
   """
 
-  def __init__(self, features, image_size: int, train: bool, augment=None, normalize=True):
+  def __init__(self, features, image_size: int, train: bool, augment=None, normalize=True,
+               control_points=None):
     self.features, self.size, self.train, self.normalize = features, image_size, train, normalize
+    # builders.ControlPoints joined at read time (by video id), overriding the built dataset's.
+    self.control_points = control_points
     a = augment or {}
     self.aug = dict(enabled=a.get("enabled", True), scale=tuple(a.get("random_resized_crop_scale", (0.5, 1.0))),
                     flip_prob=a.get("flip_prob", 0.5), color_jitter=a.get("color_jitter", 0.2))
@@ -101,11 +104,14 @@ class Preprocess:
       frames = (frames.astype(np.float32) - IMAGENET_MEAN) / IMAGENET_STD
       frames[~ex["frame_valid"].astype(bool)] = 0.0  # padding frames stay exactly zero
     vid = ex["video_id"]
+    vid = vid.decode() if isinstance(vid, bytes) else str(vid)
+    cp = ex["control_points"]
+    if self.control_points is not None:  # from the clip's own (un-augmented) GT masks if needed
+      cp = self.control_points.get(vid, len(cp), dict(masks=ex["masks"], gt_valid=ex["gt_valid"]))
     return dict(frames=frames, masks=masks, gt_valid=ex["gt_valid"].astype(bool),
                 frame_valid=ex["frame_valid"].astype(bool),
                 audio_logmel=ex["audio_logmel"].astype(np.float32),
-                control_points=ex["control_points"].astype(np.int32),
-                video_id=vid.decode() if isinstance(vid, bytes) else str(vid))
+                control_points=np.asarray(cp, np.int32), video_id=vid)
 
 
 def _batch(items: list[dict]) -> dict:
@@ -136,7 +142,12 @@ def make_dataset(data_cfg, split: str, train: bool, shard_options=None, batch_si
     ds = grain.MapDataset.source(src)[start:start + per]
   else:
     ds = grain.MapDataset.source(src)[so.shard_index::so.shard_count]
-  pre = Preprocess(b.info.features, data_cfg.image_size, train, dict(data_cfg.augment), normalize)
+  cp = None
+  if data_cfg.get("control_points_file"):
+    # Joined here, at read time, so that a changed file takes effect without rebuilding the
+    # dataset (a build reuses existing ArrayRecords and would keep the old control points).
+    cp = B.ControlPoints(data_cfg.control_points_file, data_cfg.get("control_points_fallback", "error"))
+  pre = Preprocess(b.info.features, data_cfg.image_size, train, dict(data_cfg.augment), normalize, cp)
   gbs = batch_size or max(1, (data_cfg.batch_size if train else data_cfg.eval_batch_size) // so.shard_count)
   if train:
     ds = ds.seed(data_cfg.shuffle_seed).shuffle().repeat()

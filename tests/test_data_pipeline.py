@@ -130,6 +130,16 @@ def test_control_points_and_skip_bad(tmp_path):
   got = {ex["video_id"][0]: ex["control_points"][0].tolist()
          for s in R.SPLITS for ex in ip.make_dataset(c, s, False, builder=b)}
   assert got[vids[0]] == [1, 0, 0, 0, 0] and got[vids[1]] == [1, 0, 1, 0, 0]
+  # data.control_points_file is joined at read time: a new file takes effect on an existing build.
+  cp2 = tmp_path / "cp2.jsonl"
+  cp2.write_text("\n".join(json.dumps({"video_id": v, "flags": [1, 1, 0, 0, 1]}) for v in vids[:-1]))
+  c.control_points_file, c.control_points_fallback = str(cp2), "first_frame"
+  got = {ex["video_id"][0]: ex["control_points"][0].tolist()
+         for s in R.SPLITS for ex in ip.make_dataset(c, s, False, builder=b)}
+  assert got[vids[0]] == [1, 1, 0, 0, 1] and got[vids[-1]] == [1, 0, 0, 0, 0]
+  c.control_points_fallback = "error"
+  with pytest.raises(R.DataError, match=f"no line for video '{vids[-1]}'"):
+    [ex for s in R.SPLITS for ex in ip.make_dataset(c, s, False, builder=b)]
   # A broken WAV: the build fails naming it; with skip_bad the video is skipped and reported.
   rec = R.list_videos(tmp_path / "src", "ms3", "train")[0]
   R.wav_path(rec).write_bytes(b"nope")

@@ -30,7 +30,9 @@ def get_data_config() -> ml_collections.ConfigDict:
   c.augment.random_resized_crop_scale = (0.5, 1.0)  # area fraction range of the crop
   c.augment.flip_prob = 0.5                          # horizontal flip probability
   c.augment.color_jitter = 0.2                       # brightness/contrast/saturation strength
-  # Optional RCPG output (JSON lines, one per video) joined onto examples by video id.
+  # Optional RCPG output (JSON lines, one per video) joined onto examples by video id when they
+  # are read (input_pipeline), so a new file needs no rebuild; without it the built dataset's
+  # control points are used (frame 0 only unless it was built with a file).
   c.control_points_file = ""
   # What to do for a video missing from control_points_file: "error", "first_frame" (frame 0 only)
   # or "gt" (control points derived from GT masks where available).

@@ -33,14 +33,6 @@ from coprop_jax.train.state import FAST_COMPILE, make_train_step
 from coprop_jax.utils.config import load_config
 
 
-def with_control_points(batch: dict, cp) -> dict:
-  """Replace batch["control_points"] [B, T] by the control-points file's flags (by video id)."""
-  t = batch["control_points"].shape[1]
-  flags = np.stack([cp.get(str(v), t, dict(masks=batch["masks"][i], gt_valid=batch["gt_valid"][i]))
-                    for i, v in enumerate(batch["video_id"])]).astype(np.int32)
-  return dict(batch, control_points=flags)
-
-
 def _build(d):
   """Generate (synthetic_*) and build the TFDS dataset named by `config.data`; returns builder."""
   from data_pipelines import synthetic
@@ -72,14 +64,11 @@ def make_batches(config):
     return (toy_data.iterate_batches(clips, d.batch_size, d.shuffle_seed), None,
             max(1, len(clips) // d.batch_size))
   from data_pipelines import input_pipeline
-  from data_pipelines.avsbench import builders
   b = _build(d)
   it = input_pipeline.make_iterator(d, "train", train=True, builder=b)
   per_epoch = max(1, b.info.splits["train"].num_examples // d.batch_size)
-  if d.control_points_file:
-    cp = builders.ControlPoints(d.control_points_file, d.control_points_fallback)
-    return (with_control_points(x, cp) for x in it), it, per_epoch
-  if config.train.keyframes_only:
+  # data.control_points_file, if set, is joined by the input pipeline at read time.
+  if config.train.keyframes_only and not d.control_points_file:
     logging.warning("keyframes_only without data.control_points_file: using the control points "
                     "stored in the built dataset (frame 0 only unless it was built with a file)")
   return it, it, per_epoch
