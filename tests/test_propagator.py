@@ -120,6 +120,7 @@ def test_bucketing_and_frame_valid_share_one_compile(setup):
   ref = np.asarray(run(params, mask, frames[:, keep], audio[:, keep]))  # T=4, padded to 5
   assert ref.shape[1] == 4
   np.testing.assert_allclose(out[:, 3:], ref[:, 2:], rtol=1e-4, atol=1e-4)
+  assert np.all(out[:, 2] == 0)  # invalid for the whole batch: skipped, no network run
   short = run(params, mask, frames[:, :3], audio[:, :3])  # T=3
   assert short.shape == (B, 3, H, W, m.max_objects + 1)
   full = np.asarray(run(params, mask, frames, audio))  # T=5, all valid

@@ -461,7 +461,8 @@ def propagate_features(model: Propagator, params, keyframe_mask: Array, feats_se
 
   keyframe_mask: [B, H, W] int32 ids in [0, max_objects]; feats_seq: list of encoder maps each
   [B, T, h, w, C]; audio: [B, T, C] or [B, T, Na, C]; frame_valid: [B, T] bool (invalid frames
-  produce outputs but leave the memory unchanged); num_objects: [B] ids above it get -1e9 logits.
+  leave the memory unchanged; a frame invalid for every clip of the batch, e.g. length-bucket
+  padding, is skipped: no network runs, its output is 0 logits / id 0); num_objects: [B] ids above it get -1e9 logits.
   With `encode` given, feats_seq is instead frames [B, T, H, W, 3] and each frame is encoded
   inside the scan step. Inputs are read with a dynamic index inside the step and outputs written
   into a preallocated buffer in the carry, so the only T-sized arrays are the inputs and the output
@@ -550,9 +551,13 @@ def propagate_features(model: Propagator, params, keyframe_mask: Array, feats_se
   if remat:
     frame_step = jax.checkpoint(frame_step)
 
+  def skip(mem, t):
+    """A frame invalid for the whole batch (e.g. length-bucket padding): no network, memory kept."""
+    return mem, jnp.zeros((b, hh, ww, n_ids), jnp.float32)
+
   def step(carry, t):
     mem, out = carry
-    mem, logits = frame_step(mem, t)
+    mem, logits = jax.lax.cond(jnp.any(_at(frame_valid, t)), frame_step, skip, mem, t)
     val = logits if output == "logits" else jnp.argmax(logits, -1).astype(jnp.int32)
     return (mem, jax.lax.dynamic_update_index_in_dim(out, val.astype(out.dtype), t, 1)), None
 
