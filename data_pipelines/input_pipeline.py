@@ -17,10 +17,12 @@ import grain
 import numpy as np
 from PIL import Image
 
+from coprop_jax import images
 from data_pipelines.avsbench import builders as B
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
+# ImageNet statistics on the 0..255 scale (host-side numpy normalisation of uint8 frames).
+IMAGENET_MEAN = images.IMAGENET_MEAN * 255
+IMAGENET_STD = images.IMAGENET_STD * 255
 HOST_KEYS = ("video_id", "category")
 
 

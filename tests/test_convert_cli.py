@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from torch_helpers import randomise_batchnorm
 
 from coprop_jax.convert import mobilenet_v2 as conv_mnv2
 from coprop_jax.convert.__main__ import main
@@ -30,14 +31,7 @@ def test_cli_resnet50_pth_end_to_end(tmp_path, capsys):
   from coprop_jax.models.resnet import ResNet50
   torch.manual_seed(0)
   ref = ResNetModel(ResNetConfig()).eval()
-  g = torch.Generator().manual_seed(1)
-  with torch.no_grad():
-    for mod in ref.modules():
-      if isinstance(mod, torch.nn.BatchNorm2d):
-        mod.running_mean.copy_(torch.randn(mod.num_features, generator=g) * 0.1)
-        mod.running_var.copy_(torch.rand(mod.num_features, generator=g) + 0.5)
-        mod.weight.copy_(torch.rand(mod.num_features, generator=g) * 0.5 + 0.5)
-        mod.bias.copy_(torch.randn(mod.num_features, generator=g) * 0.1)
+  randomise_batchnorm(ref)
   torch.save(ref.state_dict(), tmp_path / "r50.pth")
   out = tmp_path / "r50.orbax"
   assert main(["resnet50", "--src", str(tmp_path / "r50.pth"), "--out", str(out)]) == 0

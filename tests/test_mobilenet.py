@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from torch_helpers import randomise_batchnorm
 
 from coprop_jax.convert import mobilenet_v2 as conv_mnv2
 from coprop_jax.convert.checkpoint_io import CheckpointError
@@ -36,15 +37,7 @@ def hf_model():
   from transformers import MobileNetV2Model
   torch.manual_seed(0)
   m = MobileNetV2Model(hf_config(), add_pooling_layer=False).eval()
-  g = torch.Generator().manual_seed(1)
-  with torch.no_grad():
-    for mod in m.modules():
-      if isinstance(mod, torch.nn.BatchNorm2d):
-        n = mod.num_features
-        mod.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
-        mod.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-        mod.weight.copy_(torch.rand(n, generator=g) * 0.5 + 0.5)
-        mod.bias.copy_(torch.randn(n, generator=g) * 0.1)
+  randomise_batchnorm(m)
   return m
 
 
@@ -124,7 +117,7 @@ def test_bad_images():
 @pytest.mark.parametrize("stride,dilation,hw", [(1, 1, (9, 7)), (2, 1, (9, 8)), (2, 1, (8, 8)),
                                                 (1, 2, (7, 10))])
 def test_depthwise_shift_equals_grouped_conv(stride, dilation, hw):
-  from coprop_jax.models.mobilenet_v2 import depthwise_shift
+  from coprop_jax.models.layers import depthwise_shift
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal((2,) + hw + (5,)), jnp.float32)
   k = jnp.asarray(rng.standard_normal((3, 3, 1, 5)), jnp.float32)

@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from torch_helpers import randomise_batchnorm
 
 from coprop_jax.convert import resnet as conv_resnet
 from coprop_jax.convert.checkpoint_io import CheckpointError
@@ -16,14 +17,7 @@ def hf_model():
   from transformers import ResNetConfig, ResNetModel
   torch.manual_seed(0)
   m = ResNetModel(ResNetConfig()).eval()
-  g = torch.Generator().manual_seed(1)
-  with torch.no_grad():
-    for mod in m.modules():
-      if isinstance(mod, torch.nn.BatchNorm2d):
-        mod.running_mean.copy_(torch.randn(mod.num_features, generator=g) * 0.1)
-        mod.running_var.copy_(torch.rand(mod.num_features, generator=g) + 0.5)
-        mod.weight.copy_(torch.rand(mod.num_features, generator=g) * 0.5 + 0.5)
-        mod.bias.copy_(torch.randn(mod.num_features, generator=g) * 0.1)
+  randomise_batchnorm(m)
   return m
 
 

@@ -57,8 +57,7 @@ def convert(src: SourceDict, init_params: Any, num_layers: int, prefix: str = ""
   stay as initialised). Keys taken from `src` (prefix e.g. "" or "module.")."""
   # Shape-only inits (jax.eval_shape) are accepted: their leaves become zeros of that shape.
   leaf = lambda x: np.zeros(x.shape, x.dtype) if isinstance(x, jax.ShapeDtypeStruct) else np.asarray(x)
-  p = jax.tree_util.tree_map(leaf, jax.device_get(init_params))
-  p = jax.tree_util.tree_map(lambda x: x, dict(p))
+  p = dict(jax.tree_util.tree_map(leaf, jax.device_get(init_params)))  # fresh dicts: init untouched
   q = prefix
   p["encoder_projector"] = _conv(src, q + "encoder_projector")
   p["patch_wise_id_bank"] = _conv(src, q + "patch_wise_id_bank")
@@ -142,11 +141,6 @@ def report(state_dict: Mapping[str, Any]) -> str:
   return "\n".join(f"{f}: {n} tensors" for f, n in sorted(fam.items()))
 
 
-# Audio-insert settings a converted AOT checkpoint can start from (paper Table 5); the audio
-# parameters are freshly initialised with zero output projections, so all three equal AOT.
-INSERTS = {"aot": ((), False), "1layer": ((3,), True), "4layer": ((0, 1, 2, 3), True)}
-
-
 def infer_config(state_dict: Mapping[str, Any], insert: str = "4layer"):
   """The `config.propagator` an AOT checkpoint fits, read off its key names and shapes.
 
@@ -157,6 +151,9 @@ def infer_config(state_dict: Mapping[str, Any], insert: str = "4layer"):
   Raises CheckpointError naming the key it needed when the dict is not an AOT checkpoint.
   """
   from configs.parts.propagator import get_propagator_config
+  # Paper Table 5 settings; the added audio parameters start with zero output projections, so
+  # all three compute what AOT computes.
+  from configs.propagator_ablation import INSERTS
   if insert not in INSERTS:
     raise CheckpointError(f"AOT converter: insert must be one of {sorted(INSERTS)}, got {insert!r}")
   sd = _unwrap(state_dict)

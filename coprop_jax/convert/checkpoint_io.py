@@ -245,5 +245,8 @@ def restore_params(ckpt_dir: str | os.PathLike, target: Any = None) -> Any:
   path = pathlib.Path(ckpt_dir).resolve()
   if not path.exists():
     raise CheckpointError(f"Orbax checkpoint {path}: directory does not exist")
-  with ocp.StandardCheckpointer() as ckptr:
-    return ckptr.restore(path, target) if target is not None else ckptr.restore(path)
+  try:
+    with ocp.StandardCheckpointer() as ckptr:
+      return ckptr.restore(path, target) if target is not None else ckptr.restore(path)
+  except Exception as e:  # orbax raises its own types for a non-checkpoint or damaged directory
+    raise CheckpointError(f"Orbax checkpoint {path}: not readable ({type(e).__name__}: {e})") from e

@@ -51,8 +51,9 @@ def _names(hf: bool, prefix: str):
   return stem, block
 
 
-def convert(src: SourceDict, prefix: str = "") -> dict:
-  """Takes ResNet-50 keys under `prefix` from `src` -> {"params", "batch_stats"}."""
+def convert(src: SourceDict, prefix: str = "", stages: int = 4) -> dict:
+  """Takes ResNet-50 keys under `prefix` from `src` -> {"params", "batch_stats"} for
+  `ResNet50(stages=stages)` (3: AOT's encoder without layer4)."""
   hf = src.has_prefix(prefix + "embedder.") or src.has_prefix(prefix + "resnet.embedder.")
   if src.has_prefix(prefix + "resnet.embedder."):
     prefix = prefix + "resnet."
@@ -60,7 +61,7 @@ def convert(src: SourceDict, prefix: str = "") -> dict:
   params, stats = {}, {}
   params["conv1"] = {"kernel": src.take(stem("conv1") + ".weight", conv)}
   _bn(src, stem("bn1"), params, stats, "bn1")
-  for i, n in enumerate(DEPTHS):
+  for i, n in enumerate(DEPTHS[:stages]):
     for j in range(n):
       p, s = {}, {}
       for c in ("conv1", "conv2", "conv3") + (("downsample_conv",) if j == 0 else ()):
@@ -87,18 +88,7 @@ def from_torch_state_dict(sd: Mapping[str, np.ndarray], prefix: str = "") -> dic
 
 
 def convert_aot(src: SourceDict, prefix: str = "encoder.") -> dict:
-  """aot-benchmark R50-AOTL encoder (`{prefix}conv1`, `bn1`, `layer{1,2,3}.{j}.*`; AOT drops
-  layer4) -> {"params", "batch_stats"} for `ResNet50(output_stride=16, stages=3)`.
+  """aot-benchmark R50-AOTL encoder (torchvision naming `{prefix}conv1`, `bn1`, `layer{1,2,3}.{j}.*`;
+  AOT drops layer4) -> {"params", "batch_stats"} for `ResNet50(output_stride=16, stages=3)`.
   AOT's FrozenBatchNorm2d has weight/bias/running_mean/running_var (no num_batches_tracked)."""
-  stem, block = _names(False, prefix)
-  params, stats = {"conv1": {"kernel": src.take(stem("conv1") + ".weight", conv)}}, {}
-  _bn(src, stem("bn1"), params, stats, "bn1")
-  for i, n in enumerate(DEPTHS[:3]):
-    for j in range(n):
-      p, s = {}, {}
-      for c in ("conv1", "conv2", "conv3") + (("downsample_conv",) if j == 0 else ()):
-        p[c] = {"kernel": src.take(block(i, j, c) + ".weight", conv)}
-      for b in ("bn1", "bn2", "bn3") + (("downsample_bn",) if j == 0 else ()):
-        _bn(src, block(i, j, b), p, s, b)
-      params[f"layer{i + 1}_{j}"], stats[f"layer{i + 1}_{j}"] = p, s
-  return {"params": params, "batch_stats": stats}
+  return convert(src, prefix, stages=3)

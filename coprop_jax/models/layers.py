@@ -193,21 +193,23 @@ class MultiHeadAttention(nn.Module):
 
 def sine_position_embedding_2d(height: int, width: int, num_pos_feats: int = 128,
                                temperature: float = 10000.0, normalize: bool = True,
-                               scale: float = 2 * math.pi, dtype: Dtype = jnp.float32) -> Array:
+                               scale: float = 2 * math.pi, dtype: Dtype = jnp.float32,
+                               zero_based: bool = False) -> Array:
   """2-D sine position embedding (DETR style, no padding mask) -> [height, width, 2 * num_pos_feats].
 
   Positions are 1..H / 1..W (DETR's cumsum of an all-ones mask); with `normalize` they are divided
   by H / W (+1e-6) and multiplied by `scale`. Channel order is (y features, x features), each
-  interleaving sin/cos like DETR. Used by the Keyframe Processor. AOT's variant (positions 0..H-1
-  divided by H-1) is `coprop_jax.models.propagator.aot_position_embedding`: the propagator must use
-  that one to match AOT checkpoints.
+  interleaving sin/cos like DETR. Used by the Keyframe Processor. `zero_based=True` is AOT's
+  variant (positions 0..H-1 divided by H-1; `coprop_jax.models.propagator.aot_position_embedding`),
+  which the propagator must use to match AOT checkpoints.
   """
-  y = jnp.arange(1, height + 1, dtype=jnp.float32)[:, None] * jnp.ones((1, width))
-  x = jnp.arange(1, width + 1, dtype=jnp.float32)[None, :] * jnp.ones((height, 1))
+  first = 0 if zero_based else 1
+  y = jnp.arange(first, height + first, dtype=jnp.float32)[:, None] * jnp.ones((1, width))
+  x = jnp.arange(first, width + first, dtype=jnp.float32)[None, :] * jnp.ones((height, 1))
   if normalize:
     eps = 1e-6
-    y = y / (height + eps) * scale
-    x = x / (width + eps) * scale
+    y = y / (height + first - 1 + eps) * scale
+    x = x / (width + first - 1 + eps) * scale
   dim_t = jnp.arange(num_pos_feats, dtype=jnp.float32)
   dim_t = temperature ** (2 * (dim_t // 2) / num_pos_feats)
   px = x[..., None] / dim_t
@@ -215,6 +217,32 @@ def sine_position_embedding_2d(height: int, width: int, num_pos_feats: int = 128
   px = jnp.stack([jnp.sin(px[..., 0::2]), jnp.cos(px[..., 1::2])], axis=-1).reshape(height, width, -1)
   py = jnp.stack([jnp.sin(py[..., 0::2]), jnp.cos(py[..., 1::2])], axis=-1).reshape(height, width, -1)
   return jnp.concatenate([py, px], axis=-1).astype(dtype)
+
+
+def depthwise_shift(x, kernel, stride: int = 1, dilation: int = 1, pad: int = 1, bias=None):
+  """Depthwise conv as k*k strided, shifted multiply-adds (float32 accumulation).
+
+  x: [B, H, W, C], kernel: [k, k, 1, C] (Flax grouped-conv layout), symmetric zero padding
+  `pad`, optional `bias` [C] -> [B, Ho, Wo, C] float32; same result as
+  `lax.conv_general_dilated(..., feature_group_count=C)` (+ bias).
+  XLA:CPU runs grouped convolutions ~20x slower than this fused elementwise form
+  (benchmarks/RESULTS.md, PVT-v2 section); on GPU/TPU both are fine.
+  """
+  b, h, w, c = x.shape
+  k = kernel.shape[0]
+  xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  ho = (h + 2 * pad - dilation * (k - 1) - 1) // stride + 1
+  wo = (w + 2 * pad - dilation * (k - 1) - 1) // stride + 1
+  y = jnp.zeros((b, ho, wo, c), jnp.float32)
+  if bias is not None:
+    y = y + bias.astype(jnp.float32)
+  for i in range(k):
+    for j in range(k):
+      sl = jax.lax.slice(xp, (0, i * dilation, j * dilation, 0),
+                         (b, i * dilation + (ho - 1) * stride + 1,
+                          j * dilation + (wo - 1) * stride + 1, c), (1, stride, stride, 1))
+      y = y + sl.astype(jnp.float32) * kernel[i, j, 0].astype(jnp.float32)
+  return y
 
 
 def count_params(params: Any) -> int:

@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from coprop_jax.models.layers import FrozenBatchNorm, check_image
+from coprop_jax.models.layers import FrozenBatchNorm, check_image, depthwise_shift
 
 Dtype = Any
 
@@ -36,29 +36,6 @@ def block_specs(output_stride: int = 16):
       specs.append((inp, c, stride if i == 0 else 1, dilation if i == 0 else rate, t))
       inp = c
   return specs
-
-
-def depthwise_shift(x, kernel, stride: int = 1, dilation: int = 1, pad: int = 1):
-  """Depthwise conv as k*k strided, shifted multiply-adds (float32 accumulation).
-
-  x: [B, H, W, C], kernel: [k, k, 1, C] (Flax grouped-conv layout), symmetric zero padding
-  `pad` -> [B, Ho, Wo, C]; same result as `lax.conv_general_dilated(..., feature_group_count=C)`.
-  XLA:CPU runs grouped convolutions ~20x slower than this fused elementwise form
-  (benchmarks/RESULTS.md, PVT-v2 section); on GPU/TPU both are fine.
-  """
-  b, h, w, c = x.shape
-  k = kernel.shape[0]
-  xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-  ho = (h + 2 * pad - dilation * (k - 1) - 1) // stride + 1
-  wo = (w + 2 * pad - dilation * (k - 1) - 1) // stride + 1
-  y = jnp.zeros((b, ho, wo, c), jnp.float32)
-  for i in range(k):
-    for j in range(k):
-      sl = jax.lax.slice(xp, (0, i * dilation, j * dilation, 0),
-                         (b, i * dilation + (ho - 1) * stride + 1,
-                          j * dilation + (wo - 1) * stride + 1, c), (1, stride, stride, 1))
-      y = y + sl.astype(jnp.float32) * kernel[i, j, 0].astype(jnp.float32)
-  return y
 
 
 class _DepthwiseConv(nn.Module):

@@ -34,7 +34,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from coprop_jax.models.layers import DropPath, GroupNorm, LayerNorm, gelu_exact
+from coprop_jax.images import normalize_uint8
+from coprop_jax.models.layers import (DropPath, GroupNorm, LayerNorm, gelu_exact,
+                                      sine_position_embedding_2d)
 
 Array = jax.Array
 NEG = -1e9
@@ -47,17 +49,7 @@ def aot_position_embedding(h: int, w: int, num_pos_feats: int = 128, temperature
   Unlike DETR (cumsum, 1..h over h) AOT uses coordinates 0..h-1 divided by (h-1 + 1e-6), times 2*pi;
   channels are (y, x) features, each interleaving sin/cos.
   """
-  eps, scale = 1e-6, 2 * math.pi
-  y = jnp.arange(h, dtype=jnp.float32)[:, None] * jnp.ones((1, w))
-  x = jnp.arange(w, dtype=jnp.float32)[None, :] * jnp.ones((h, 1))
-  y = y / (h - 1 + eps) * scale
-  x = x / (w - 1 + eps) * scale
-  dim_t = jnp.arange(num_pos_feats, dtype=jnp.float32)
-  dim_t = temperature ** (2 * (dim_t // 2) / num_pos_feats)
-  px, py = x[..., None] / dim_t, y[..., None] / dim_t
-  px = jnp.stack([jnp.sin(px[..., 0::2]), jnp.cos(px[..., 1::2])], axis=-1).reshape(h, w, -1)
-  py = jnp.stack([jnp.sin(py[..., 0::2]), jnp.cos(py[..., 1::2])], axis=-1).reshape(h, w, -1)
-  return jnp.concatenate([py, px], axis=-1)
+  return sine_position_embedding_2d(h, w, num_pos_feats, temperature, zero_based=True)
 
 
 def _interp_matrix(n_out: int, n_in: int) -> Array:
@@ -379,16 +371,6 @@ def from_config(cfg) -> Propagator:
 # ----------------------------------------------------------------------------- visual encoder
 # Channels of the four encoder maps [1/4, 1/8, 1/16, 1/16] (AOT's MODEL_ENCODER_DIM).
 ENCODER_CHANNELS = {"mobilenet_v2": (24, 32, 96, 1280), "resnet50": (256, 512, 1024, 1024)}
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def normalize_images(images: Array) -> Array:
-  """uint8 RGB [..., 3] -> float32 ImageNet-normalised, as AOT's transforms (x/255 - mean) / std."""
-  x = images.astype(jnp.float32) / 255.0
-  return (x - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)
-
-
 def build_encoder(cfg):
   """`config.propagator` -> (encoder module, encode(enc_vars, images[B,H,W,3]) -> [f4, f8, f16, f16b]).
 
@@ -403,17 +385,15 @@ def build_encoder(cfg):
   dt = jnp.dtype(cfg.dtype)
   if cfg.encoder == "mobilenet_v2":
     module = MobileNetV2(output_stride=16, dtype=dt)
-    taps = lambda outs: list(outs)
   elif cfg.encoder == "resnet50":
     module = ResNet50(output_stride=16, frozen_bn=True, dtype=dt, stages=3)  # layer3 map twice
-    taps = lambda outs: list(outs)
   else:
     raise ValueError(f"propagator.encoder: expected one of {sorted(ENCODER_CHANNELS)}, got {cfg.encoder!r}")
 
   def encode(enc_vars, images):
     if images.dtype == jnp.uint8:
-      images = normalize_images(images)
-    return taps(module.apply(enc_vars, images))
+      images = normalize_uint8(images)  # AOT's transforms: (x / 255 - mean) / std
+    return list(module.apply(enc_vars, images))
   return module, encode
 
 

@@ -219,13 +219,7 @@ class DepthwiseConv3x3(nn.Module):
       return (y + bias.astype(self.dtype)).astype(self.dtype)
     if self.impl != "shift":
       raise ValueError(f"DepthwiseConv3x3: impl must be 'shift' or 'conv', got {self.impl!r}")
-    h, w = x.shape[1:3]
-    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    y = bias.astype(jnp.float32)
-    for i in range(3):
-      for j in range(3):
-        y = y + xp[:, i:i + h, j:j + w, :].astype(jnp.float32) * kernel[i, j, 0]
-    return y.astype(self.dtype)
+    return layers.depthwise_shift(x, kernel, bias=bias).astype(self.dtype)
 
 
 class MixFFN(nn.Module):

@@ -13,13 +13,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from coprop_jax.images import normalize_uint8
 from coprop_jax.models import keyframe as kf
 from coprop_jax.train import losses
 from coprop_jax.train.state import TrainState, make_optimizer
-
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
-
 
 def flatten_frames(batch: dict) -> dict:
   """[B, T, ...] arrays -> [B*T, ...]; uint8 frames are normalised (ImageNet mean/std)."""
@@ -30,7 +27,7 @@ def flatten_frames(batch: dict) -> dict:
       v = batch[k]
       out[k] = v.reshape((-1,) + v.shape[2:])
   if out["frames"].dtype == jnp.uint8:
-    out["frames"] = (out["frames"].astype(jnp.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+    out["frames"] = normalize_uint8(out["frames"])
   return out
 
 
@@ -121,10 +118,8 @@ def load_pretrained(state: TrainState, kc: Any) -> TrainState:
   def read(path, what):
     try:
       return restore_params(path)
-    except CheckpointError:
-      raise
-    except Exception as e:  # orbax raises its own types for a non-checkpoint directory
-      raise CheckpointError(f"keyframe.{what} {path}: not a readable Orbax checkpoint ({e})") from e
+    except CheckpointError as e:
+      raise CheckpointError(f"keyframe.{what}: {e}") from e
 
   if kc.get("backbone_weights"):
     tree = read(kc.backbone_weights, "backbone_weights")

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from coprop_jax.images import IMAGENET_MEAN, IMAGENET_STD
+
 COLOURS = np.array([[230, 40, 40], [40, 200, 60], [40, 80, 230], [220, 220, 40], [200, 40, 200]],
                    np.float32)
 
@@ -49,8 +51,7 @@ def make_clip(rng: np.random.Generator, size: int = 64, frames: int = 5, num_obj
   cp = np.zeros(frames, np.int32)
   cp[0] = 1
   cp[1:] = (sounding[1:] != sounding[:-1])
-  mean = np.array([0.485, 0.456, 0.406], np.float32) * 255
-  std = np.array([0.229, 0.224, 0.225], np.float32) * 255
+  mean, std = IMAGENET_MEAN * 255, IMAGENET_STD * 255
   img = (np.clip(img, 0, 255) - mean) / std
   masks = np.stack([obj_masks[s].astype(np.int32) * (int(cls[s]) + 1 if semantic else 1)
                     for s in sounding])
