@@ -23,6 +23,10 @@ INSTALL_REQUIRES = [
     "ml-dtypes>=0.4.0",      # bfloat16 safetensors
     "tqdm>=4.66",
     "importlib_resources>=6.0",  # TFDS without TensorFlow needs it
+    "tensorboardX>=2.6",     # TensorBoard event files without TensorFlow (trainer)
+    "av>=12.0",              # PyAV: video decoding/encoding with its own FFmpeg (predict)
+    "soxr>=0.3",             # audio resampling to 16 kHz (predict)
+    "matplotlib>=3.7",       # overlay / timeline pictures (demo, predict, notebooks)
 ]
 
 EXTRAS_REQUIRE = {
@@ -37,6 +41,9 @@ EXTRAS_REQUIRE = {
         "torch==2.13.0",
         "torchvggish==0.2",
         "resampy>=0.4.2",
+        "nbclient>=0.10",    # the test suite executes the notebooks
+        "nbformat>=5.9",
+        "ipykernel>=6.29",
     ],
 }
 
