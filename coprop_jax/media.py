@@ -45,6 +45,7 @@ Every bad input raises `MediaError`, a one-line message naming the file and the 
 """
 from __future__ import annotations
 
+import abc
 import contextlib
 import dataclasses
 import math
@@ -180,6 +181,11 @@ def _vggish_num_patches(n: int) -> int:
   return 1 + (frames - audio_lib.PATCH_FRAMES) // audio_lib.PATCH_FRAMES if frames >= audio_lib.PATCH_FRAMES else 0
 
 
+def _contiguous_framing(num_frames: int, fps) -> bool:
+  """audio.waveform_to_frame_patches' test: fps=1 and VGGish over T seconds gives exactly T patches."""
+  return _as_fraction(fps) == 1 and _vggish_num_patches(num_frames * SAMPLE_RATE) == num_frames
+
+
 def patch_starts(num_frames: int, fps: float = 1.0) -> np.ndarray:
   """int64 [T]: the 16 kHz sample where frame k's log-mel patch starts (it reads PATCH_SAMPLES).
 
@@ -189,7 +195,7 @@ def patch_starts(num_frames: int, fps: float = 1.0) -> np.ndarray:
   """
   k = np.arange(num_frames, dtype=np.int64)
   f = _as_fraction(fps)
-  if f == 1 and _vggish_num_patches(num_frames * SAMPLE_RATE) == num_frames:
+  if _contiguous_framing(num_frames, f):
     hop = round(SAMPLE_RATE * audio_lib.STFT_HOP_SECONDS) * audio_lib.PATCH_FRAMES
     return k * hop
   # not in the paper: fps != 1 (the paper and AVSBench only use 1 frame per second). Patch k starts
@@ -200,12 +206,13 @@ def patch_starts(num_frames: int, fps: float = 1.0) -> np.ndarray:
 def frame_patches(waveform: np.ndarray, num_frames: int, fps: float = 1.0) -> np.ndarray:
   """16 kHz mono waveform (already cut/padded to num_samples(T)) -> float32 [T, 96, 64].
 
-  fps=1 calls `audio.waveform_to_frame_patches` (the training data's function); other rates take
-  PATCH_SAMPLES from each `patch_starts` position, zero-padded past the end.
+  fps=1 and T <= 24 calls `audio.waveform_to_frame_patches` (the training data's function); otherwise
+  PATCH_SAMPLES are taken from each `patch_starts` position, zero-padded past the end (for fps=1
+  the same numbers as audio.py, without its whole-clip STFT, which needs ~1 GB for 10 minutes).
   """
-  if _as_fraction(fps) == 1:
+  if _contiguous_framing(num_frames, fps):
     return audio_lib.waveform_to_frame_patches(waveform, num_frames)
-  return _patches_at(waveform, 0, patch_starts(num_frames, fps))
+  return _patches_at(np.asarray(waveform, np.float32), 0, patch_starts(num_frames, fps))
 
 
 def _patches_at(wave: np.ndarray, offset: int, starts: np.ndarray) -> np.ndarray:
@@ -222,6 +229,7 @@ def _patches_at(wave: np.ndarray, offset: int, starts: np.ndarray) -> np.ndarray
 
 def resize_frames(frames: np.ndarray, size: Optional[int]) -> np.ndarray:
   """uint8 [n, H, W, 3] -> [n, size, size, 3], PIL bilinear (as the input pipeline); None: as is."""
+  # not in the paper: PIL bilinear like data_pipelines.input_pipeline (AVSBench used cv2 bilinear).
   frames = np.asarray(frames)
   if size is None or frames.shape[1:3] == (size, size):
     return frames
@@ -358,6 +366,7 @@ class _AudioSource:
       yield from self.blocks()
       return
     import soxr
+    # not in the paper: soxr 'HQ' resampling (AVSBench wrote 16 kHz WAVs with moviepy/FFmpeg).
     rs = soxr.ResampleStream(self.rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
     for x in self.blocks():
       y = rs.resample_chunk(np.ascontiguousarray(x, np.float32), last=False)
@@ -396,19 +405,19 @@ def _fit(x: np.ndarray, n: int) -> np.ndarray:
 # ----------------------------------------------------------------------------- sources
 
 
-class MediaSource:
+class MediaSource(abc.ABC):
   """An opened video or frames folder with its audio; `read()` the whole clip or iterate `chunks(n)`.
 
   Build with `open_media`. `info` is known after opening; reading decodes the files again each
   time (nothing is cached), so a source can be read more than once.
   """
 
-  def __init__(self, info: MediaInfo, audio: _AudioSource, size: Optional[int]):
-    self.info, self._audio, self._size = info, audio, size
+  def __init__(self, info: MediaInfo, audio: _AudioSource, size: Optional[int], fps: Fraction):
+    self.info, self._audio, self._size, self._fps = info, audio, size, fps
 
-  # Subclasses yield (timestamp seconds, uint8 [H, W, 3] original-size frame) for k = 0..T-1.
+  @abc.abstractmethod
   def _frames(self) -> Iterator[tuple[float, np.ndarray]]:
-    raise NotImplementedError
+    """Yields (timestamp in seconds, uint8 [H, W, 3] frame at the original size) for k = 0..T-1."""
 
   def read(self) -> Clip:
     """The whole clip: frames [T,S,S,3] uint8, audio_logmel [T,96,64], waveform [num_samples(T)]."""
@@ -418,9 +427,11 @@ class MediaSource:
       ts.append(t)
       frames.append(resize_frames(f[None], self._size)[0])
     wave_src = self._audio.read_all()
-    n = num_samples(info.num_frames, info.fps)
+    n = num_samples(info.num_frames, self._fps)
+    # not in the paper: audio cut / zero-padded at the end to T / fps seconds, as the training
+    # reader does (AVSBench's preprocessing instead repeated the last log-mel patch of short WAVs).
     wave = _fit(wave_src, n)
-    logmel = frame_patches(wave, info.num_frames, info.fps)
+    logmel = frame_patches(wave, info.num_frames, self._fps)
     return Clip(start=0, frames=np.stack(frames), timestamps=np.asarray(ts, np.float64),
                 audio_logmel=logmel, waveform=wave, info=info,
                 audio_seconds=wave_src.shape[0] / SAMPLE_RATE)
@@ -435,8 +446,8 @@ class MediaSource:
     if not isinstance(chunk_frames, (int, np.integer)) or chunk_frames < 1:
       raise MediaError(f"{self.info.path}: chunk_frames must be a positive integer, got {chunk_frames!r}")
     info = self.info
-    t_len, n_total = info.num_frames, num_samples(info.num_frames, info.fps)
-    starts = patch_starts(t_len, info.fps)
+    t_len, n_total = info.num_frames, num_samples(info.num_frames, self._fps)
+    starts = patch_starts(t_len, self._fps)
     audio_blocks = self._audio.resampled()
     buf, buf_start, pos = [np.zeros(0, np.float32)], 0, 0   # buf covers [buf_start, pos)
 
@@ -456,7 +467,7 @@ class MediaSource:
         t, f = next(frame_iter)
         ts.append(t)
         frames.append(resize_frames(f[None], self._size)[0])
-      w_lo, w_hi = num_samples(a, info.fps), num_samples(b, info.fps)
+      w_lo, w_hi = num_samples(a, self._fps), num_samples(b, self._fps)
       lo = min(int(starts[a]), w_lo)
       hi = max(int(starts[b - 1]) + PATCH_SAMPLES, w_hi)
       ensure(hi)
@@ -493,12 +504,10 @@ class _VideoSource(MediaSource):
         raise MediaError(f"video {path}: contains no video frames")
       t0 = Fraction(first.pts) * tb if first.pts is not None else Fraction(0)
       orig = (int(first.height), int(first.width))
-      duration = None
-      if stream.duration:
-        duration = Fraction(stream.duration) * tb
-      elif container.duration:
-        duration = Fraction(container.duration, 1_000_000) - t0
+      duration = Fraction(stream.duration) * tb if stream.duration else None
     if duration is None or duration <= 0:
+      # Not in the header (mkv/webm): the video packets' timestamps (the container's duration
+      # would include a longer audio track).
       duration = _scan_duration(path, t0)
     self._path, self._tb, self._t0 = path, tb, t0
     self._source_rate = Fraction(rate) if rate else None
@@ -514,10 +523,10 @@ class _VideoSource(MediaSource):
                      num_frames=t_len, fps=float(f), source_fps=float(rate) if rate else None,
                      original_size=orig, size=(size, size) if size else orig,
                      duration=float(duration), audio_rate=asrc.rate, audio_channels=asrc.channels)
-    self._fps = f
-    super().__init__(info, asrc, size)
+    super().__init__(info, asrc, size, f)
 
   def _frames(self):
+    # not in the paper: AVSBench's frame rule on timestamps instead of round(fps) frame counts.
     targets = sample_times(self.info.num_frames, self._fps)
     t_len = len(targets)
     # A frame may be at most one sampling interval (+ one source frame) before a target past the end.
@@ -608,12 +617,12 @@ class _FramesDirSource(MediaSource):
       asrc.check_not_silent()
     f = _as_fraction(fps)
     (w, h), = sizes.keys()
-    self._files, self._fps = files, f
+    self._files = files
     info = MediaInfo(path=str(path), audio_path=str(audio), kind="frames", num_frames=len(files),
                      fps=float(f), source_fps=None, original_size=(h, w),
                      size=(size, size) if size else (h, w), duration=float(len(files) / f),
                      audio_rate=asrc.rate, audio_channels=asrc.channels)
-    super().__init__(info, asrc, size)
+    super().__init__(info, asrc, size, f)
 
   def _frames(self):
     # not in the paper: a folder's image k stands for interval k; its nominal time is (k + 15/16)/fps.
@@ -671,7 +680,8 @@ def read_clip(path, audio=None, **kw) -> Clip:
 @contextlib.contextmanager
 def atomic_output(path):
   """Yields a temporary sibling path (same suffix); renamed to `path` when the block succeeds,
-  removed when it raises. Works for files and for directories created at the yielded path."""
+  removed when it raises. Works for files and for directories created at the yielded path
+  (os.replace: an existing file is replaced, an existing non-empty directory makes it fail)."""
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".partial{path.suffix}", dir=path.parent)
