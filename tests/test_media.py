@@ -28,7 +28,7 @@ def _tone(t, channel):
 
 
 def write_video(path, *, seconds=SECONDS, fps=SRC_FPS, acodec="aac", rate=44100, channels=2,
-                audio_seconds=None, audio_fn=None, vcodec="libx264"):
+                audio_seconds=None, audio_fn=None, vcodec="libx264", audio_start=0):
   """A video of flat grey frames (value 20 + 4 i) and, unless acodec is None, an audio track."""
   c = av.open(str(path), "w")
   v = c.add_stream(vcodec, rate=fps)
@@ -54,7 +54,7 @@ def write_video(path, *, seconds=SECONDS, fps=SRC_FPS, acodec="aac", rate=44100,
                                         format="s16", layout=a.layout.name)
       else:
         fr = av.AudioFrame.from_ndarray(np.ascontiguousarray(seg), format="fltp", layout=a.layout.name)
-      fr.sample_rate, fr.pts = rate, s
+      fr.sample_rate, fr.pts = rate, s + int(audio_start * rate)
       for p in a.encode(fr):
         c.mux(p)
     for p in a.encode():
@@ -85,6 +85,8 @@ def files(tmp_path_factory):
                                   audio_seconds=4.5),
       mkv_long_audio=write_video(d / "long.mkv", acodec="pcm_s16le", rate=16000, channels=1,
                                  audio_seconds=6),
+      late_audio=write_video(d / "late.mkv", acodec="pcm_s16le", rate=16000, channels=1,
+                             audio_seconds=3, audio_start=0.5),
       no_audio=write_video(d / "mute.mp4", acodec=None),
       silent=write_video(d / "silent.mp4", audio_fn=lambda t, ch: np.zeros_like(t)),
       dir=d)
@@ -131,6 +133,18 @@ def test_audio_cut_and_pad_to_frames(files):
   np.testing.assert_allclose(long.waveform, ref[:80000], atol=1e-4)
   np.testing.assert_allclose(long.audio_logmel, audio_lib.waveform_to_frame_patches(ref[:80000], 5),
                              atol=2e-2)
+
+
+def test_audio_track_placed_by_its_timestamps(files):
+  """An audio track starting 0.5 s after the first video frame gets 0.5 s of leading zeros."""
+  clip = media.read_clip(files["late_audio"], size=None)
+  t = np.arange(3 * 16000) / 16000
+  assert not clip.waveform[:8000].any()
+  np.testing.assert_allclose(clip.waveform[8000:8000 + 48000], np.round(_tone(t, 0) * 32767) / 32768,
+                             atol=1e-4)
+  assert not clip.waveform[8000 + 48000:].any()
+  chunked = np.concatenate([c.waveform for c in media.open_media(files["late_audio"]).chunks(2)])
+  np.testing.assert_array_equal(chunked, clip.waveform)
 
 
 def test_fps_sampling(files):
