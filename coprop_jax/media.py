@@ -748,10 +748,11 @@ def write_mask_pngs(out_dir, masks: np.ndarray, *, start: int = 0, mode: str = "
           for k, m in enumerate(masks)]
 
 
-# Overlay colours by mask id (id 0 = background is never drawn); id 1 (binary masks) is red.
+# Overlay colours by mask id (id 0 = background is never drawn); id 1 (binary masks) is blue, so
+# that red stays free for "wrong" in the pictures (eval/visualize.py) and orange for keyframes.
 OVERLAY_COLORS = np.array([
-    (0, 0, 0), (255, 40, 40), (40, 150, 255), (255, 200, 0), (60, 210, 90), (200, 90, 255),
-    (255, 130, 30), (0, 220, 220), (255, 90, 200), (160, 200, 40), (140, 100, 60)], np.uint8)
+    (0, 0, 0), (30, 144, 255), (255, 215, 0), (60, 210, 90), (200, 90, 255), (0, 220, 220),
+    (255, 90, 200), (160, 200, 40), (150, 150, 255), (140, 100, 60), (255, 60, 60)], np.uint8)
 
 
 def overlay_palette(n: int = 256) -> np.ndarray:
