@@ -8,22 +8,22 @@ there.
 `timeline_figure` / `save_timeline`: for each frame, in time: the audio's log-mel spectrogram
 (one VGGish patch per frame), the control points (orange lines through every panel), and which
 object or class is segmented per frame -- one row of cells per object/class for the prediction
-and one for the GT -- with the frames where the predicted set differs from the GT's shaded red
-(those are the frames the Alignment Rate counts as wrong), and the per-frame J.
+and one for the GT -- with the frames where the predicted set differs from the GT's boxed and
+shaded red (those are the frames the Alignment Rate counts as wrong), and the per-frame J.
 
 Both build a `matplotlib.figure.Figure` on an Agg canvas without touching pyplot's global
 backend (safe in notebooks); `save_*` write the PNG atomically and return its path. Colours are
 `coprop_jax.media.overlay_palette` by mask id, the same in both pictures and in the overlay video.
 
-What counts as "segmented" (shown in cells and used for the red shading):
+What counts as "segmented" (shown in cells and used for the red boxes):
 - with an instance map `objects` [T,H,W] (ids 1..N; e.g. the synthetic clips' `visible`): object
   o is segmented when the mask covers at least `cover` (default half) of o's visible pixels;
 - else, for class masks (AVSS ids), class c is segmented when at least `min_pixels` pixels carry
   it (as `eval.metrics.presence_from_masks`);
 - else (binary masks without objects) there is one row, "sounding region": any foreground pixel.
-# not in the paper: the paper shows qualitative masks; these two layouts and the 1/2 cover rule
-# for objects are ours.
 """
+# not in the paper: the paper shows qualitative masks only; these two layouts and the 1/2 cover
+# rule for objects are ours.
 from __future__ import annotations
 
 import pathlib
