@@ -64,6 +64,8 @@ def test_build_document_and_retrieval():
   assert [d["video_id"] for d in core.retrieve_examples(doc, "dog", 5)] == ["a", "b"]
   # Same-length examples first: a 4-frame query prefers b (4 flags) over a (3 flags).
   assert [d["video_id"] for d in core.retrieve_examples(doc, "dog", 1, num_frames=4)] == ["b"]
+  # A training video never retrieves itself.
+  assert [d["video_id"] for d in core.retrieve_examples(doc, "dog", 5, exclude_id="a")] == ["b"]
   assert [d["video_id"] for d in core.retrieve_examples(doc, "a dog barking", 1)] == ["a"]
   assert [d["video_id"] for d in core.retrieve_examples(doc, "Man", 3)] == ["a", "b"]
   assert [d["video_id"] for d in core.retrieve_examples(doc, "Male  speech.", 3)] == ["c"]

@@ -133,16 +133,20 @@ def _contains(words: List[str], sub: List[str]) -> bool:
 
 
 def retrieve_examples(document: Sequence[Dict], category: Optional[str], k: int,
-                      num_frames: Optional[int] = None) -> List[Dict]:
+                      num_frames: Optional[int] = None,
+                      exclude_id: Optional[str] = None) -> List[Dict]:
   """R(q, D): up to k entries of D with a category matching q, deterministic order.
 
   Match: an entry category equal to q (case, spaces and punctuation ignored); if none is, an
   entry category whose words appear together in q ("a dog barking" finds "dog"). Order: entries
-  with `num_frames` flags first, then by video id.
+  with `num_frames` flags first, then by video id. `exclude_id`: the query's own video, never its
+  own example (RCPG run on the training split would otherwise copy its GT).
   """
   # not in the paper: the matching rule and the preference for same-length examples are ours.
   if not category:
     return []
+  if exclude_id is not None:
+    document = [d for d in document if d["video_id"] != exclude_id]
   c = _norm(category)
   cw = c.split()
   hits = [d for d in document if any(_norm(x) == c for x in d["categories"])]

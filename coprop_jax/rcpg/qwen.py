@@ -250,7 +250,8 @@ class QwenPrompter:
         rec["category"] = parse_category(cat)
         text = t["list"].format(**prompt_fields(T))
         if self.method == "rcpg":
-          ex = core.retrieve_examples(self.document, rec["category"], self.num_examples, T)
+          ex = core.retrieve_examples(self.document, rec["category"], self.num_examples, T,
+                                      exclude_id=v.get("video_id"))
           rec["examples"] = [d["video_id"] for d in ex]
           text = self.examples_text(ex, rec["category"], T) + text
         c.append({"role": "user", "content": [{"type": "text", "text": text}]})
