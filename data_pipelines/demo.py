@@ -16,8 +16,7 @@ import numpy as np
 
 def main(argv=None):
   from configs.demo import get_config
-  from data_pipelines import input_pipeline, synthetic
-  from data_pipelines.avsbench import builders
+  from data_pipelines import input_pipeline, prepare
 
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--workdir", default=None, help="default: configs/demo.py workdir")
@@ -28,18 +27,14 @@ def main(argv=None):
   if a.workdir:
     d.manual_dir = str(pathlib.Path(a.workdir) / "synthetic")
     d.data_dir = str(pathlib.Path(a.workdir) / "tfds")
-  layout = d.name.split("_", 1)[1]
   manual = pathlib.Path(d.manual_dir)
   for p_ in (manual, pathlib.Path(d.data_dir)):  # the demo always starts from scratch
     shutil.rmtree(p_, ignore_errors=True)
-  t0 = time.perf_counter()
-  synthetic.write_dataset(manual, layout, d.synthetic.num_videos, d.image_size, d.num_frames,
-                          d.synthetic.seed)
   t1 = time.perf_counter()
-  print(f"generated {d.synthetic.num_videos} synthetic {layout} videos in {manual} ({t1 - t0:.1f} s)")
-  b = builders.build(layout, manual, d.data_dir, synthetic=True)
+  b = prepare.prepare_dataset(d)
   t2 = time.perf_counter()
-  print(f"built TFDS {b.name}/{b.builder_config.name} (ArrayRecord) in {d.data_dir} ({t2 - t1:.1f} s): "
+  print(f"generated {d.synthetic.num_videos} synthetic videos in {manual} and built TFDS "
+        f"{b.name}/{b.builder_config.name} (ArrayRecord) in {d.data_dir} ({t2 - t1:.1f} s): "
         + ", ".join(f"{k}={v.num_examples}" for k, v in b.info.splits.items()))
   it = input_pipeline.make_iterator(d, "train", True, builder=b)
   t3 = time.perf_counter()

@@ -19,6 +19,7 @@ from PIL import Image
 
 from coprop_jax import images
 from data_pipelines.avsbench import builders as B
+from data_pipelines.avsbench import readers as R
 
 # ImageNet statistics on the 0..255 scale (host-side numpy normalisation of uint8 frames).
 IMAGENET_MEAN = images.IMAGENET_MEAN * 255
@@ -134,6 +135,10 @@ def make_dataset(data_cfg, split: str, train: bool, shard_options=None, batch_si
   batch_size: per-host batch size; default data_cfg.batch_size (or eval_batch_size) // hosts.
   """
   b = builder or dataset_builder(data_cfg.name, data_cfg.data_dir)
+  if split not in b.info.splits:
+    raise R.DataError(
+        f"{b.data_path}: split {split!r} was not built (splits there: {sorted(b.info.splits)}); "
+        "every video of it was skipped or none is listed (see the build's report)")
   files = [os.path.join(b.data_path, f) for f in b.info.splits[split].filenames]
   src = grain.sources.ArrayRecordDataSource(files)
   so = shard_options or grain.sharding.ShardByJaxProcess(drop_remainder=train)
@@ -148,7 +153,8 @@ def make_dataset(data_cfg, split: str, train: bool, shard_options=None, batch_si
   if data_cfg.get("control_points_file"):
     # Joined here, at read time, so that a changed file takes effect without rebuilding the
     # dataset (a build reuses existing ArrayRecords and would keep the old control points).
-    cp = B.ControlPoints(data_cfg.control_points_file, data_cfg.get("control_points_fallback", "error"))
+    cp = B.ControlPoints(data_cfg.control_points_file, data_cfg.get("control_points_fallback", "error"),
+                         binary=not data_cfg.name.endswith("_avss"))
   pre = Preprocess(b.info.features, data_cfg.image_size, train, dict(data_cfg.augment), normalize, cp)
   gbs = batch_size or max(1, (data_cfg.batch_size if train else data_cfg.eval_batch_size) // so.shard_count)
   if train:

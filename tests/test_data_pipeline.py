@@ -160,3 +160,56 @@ def test_to_global_array(built):
   assert g["frames"].sharding.spec[0] == "data"
   np.testing.assert_array_equal(np.asarray(g["masks"]), batch["masks"])
   assert g["video_id"] is batch["video_id"]
+
+
+# ---------------------------------------------------------------- issue 13: data cases
+def test_empty_split_after_skip_bad_builds_the_rest(tmp_path):
+  synthetic.write_dataset(tmp_path / "src", "s4", num_videos=5, size=16, seed=1)
+  val = R.list_videos(tmp_path / "src", "s4", "val")
+  assert len(val) == 1
+  R.wav_path(val[0]).write_bytes(b"not a wav")
+  meta = tmp_path / "src" / "Single-source" / "s4_meta_data.csv"
+  meta.write_text(meta.read_text() + "vidQ,0,no_such_category,train\n")
+  with pytest.raises(R.DataError, match="unknown category 'no_such_category'"):
+    B.build("s4", tmp_path / "src", tmp_path / "t0", synthetic=True)
+  b = B.build("s4", tmp_path / "src", tmp_path / "t1", synthetic=True, skip_bad=True)
+  assert b.empty_splits == ["val"]
+  assert {k: v.num_examples for k, v in b.info.splits.items()} == {"train": 3, "test": 1}
+  assert sorted(v for v, _ in b.skipped) == sorted([val[0].video_id, "vidQ"])
+  c = _cfg("s4", tmp_path / "x")
+  c.data_dir = str(tmp_path / "t1")
+  with pytest.raises(R.DataError, match="split 'val' was not built.*'test', 'train'"):
+    ip.make_dataset(c, "val", False, builder=b)
+  assert len(list(ip.make_dataset(c, "test", False, builder=b))) == 1
+
+
+def test_gt_fallback_is_the_rcpg_rule(tmp_path):
+  """One GT control-point rule: a moving object is no keyframe (array_equal of consecutive masks
+  made every such frame one), a switch to another object is."""
+  from coprop_jax.rcpg import core
+  m = np.zeros((5, 16, 16), np.int32)
+  for t in range(3):
+    m[t, 2 + t:8 + t, 2:8] = 1          # the same object moving
+  m[3:, 10:15, 10:15] = 1               # another object
+  cp_file = tmp_path / "cp.jsonl"
+  cp_file.write_text("")
+  cp = B.ControlPoints(str(cp_file), "gt", binary=True)
+  clip = dict(masks=m, gt_valid=np.ones(5, bool))
+  assert cp.get("v", 5, clip).tolist() == [1, 0, 0, 1, 0]
+  assert cp.get("v", 5, clip).tolist() == core.gt_control_points(m, binary=True).tolist()
+  # On a built dataset: the fallback equals RCPG's gt method on the clip's own GT masks.
+  synthetic.write_dataset(tmp_path / "src", "ms3", num_videos=4, size=16, seed=5)
+  b = B.build("ms3", tmp_path / "src", tmp_path / "t", synthetic=True,
+              control_points_file=str(cp_file), control_points_fallback="gt")
+  c = get_data_config()
+  c.name, c.data_dir, c.image_size = "synthetic_ms3", str(tmp_path / "t"), 16
+  for s in R.SPLITS:
+    recs = {r.video_id: r for r in R.list_videos(tmp_path / "src", "ms3", s)}
+    for ex in ip.make_dataset(c, s, False, builder=b):
+      d = R.read_video(recs[ex["video_id"][0]])
+      assert ex["control_points"][0].tolist() == core.gt_control_points(
+          d["masks"], d["gt_valid"], binary=True).tolist()
+  bad = tmp_path / "bad.jsonl"
+  bad.write_text('{"video_id": "a", "flags": [1, 2, 0]}\n')
+  with pytest.raises(R.DataError, match=f"{bad}: line 1 \\(video 'a'\\): flags must be 0/1"):
+    B.ControlPoints(str(bad), binary=True)

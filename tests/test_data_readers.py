@@ -128,3 +128,58 @@ def test_malformed_csv_and_unknown_category(trees, tmp_path):
       R.list_videos(trees["avss"], "avss", "train")
   finally:
     meta.write_text(text)
+
+
+# ---------------------------------------------------------------- issue 13: data cases
+import logging  # noqa: E402
+
+import soundfile as sf  # noqa: E402
+
+
+def test_short_wav_quiet_within_tolerance_warned_past_it(trees, caplog):
+  rec = _one(trees, "ms3")
+  p = R.wav_path(rec)
+  data = p.read_bytes()
+  wave, _ = sf.read(p, dtype="float32")
+  try:
+    sf.write(p, wave[:5 * 16000 - 480], 16000, subtype="PCM_16")     # 0.03 s short: AVSBench-like
+    caplog.clear()
+    warn = []
+    with caplog.at_level(logging.WARNING):
+      clip = R.read_video(rec, warnings=warn)
+    assert warn == [] and "audio file" not in caplog.text
+    assert clip["waveform"].shape == (5 * 16000,) and (clip["waveform"][-480:] == 0).all()
+    np.testing.assert_allclose(clip["waveform"][:-480], wave[:5 * 16000 - 480], atol=1 / 32768)
+    sf.write(p, wave[:int(3.5 * 16000)], 16000, subtype="PCM_16")     # 1.5 s short
+    with caplog.at_level(logging.WARNING):
+      R.read_video(rec, warnings=warn)
+    assert len(warn) == 1 and str(p) in warn[0] and "56000 samples (3.500 s)" in warn[0]
+    assert "need 80000 (5.000 s)" in warn[0] and str(p) in caplog.text
+    # The threshold is a setting: 2 s of tolerance makes it quiet again.
+    R.read_video(rec, short_audio_tolerance_s=2.0, warnings=warn)
+    assert len(warn) == 1
+    # Cut inside the data with the header intact: the warning says the file is truncated.
+    sf.write(p, wave, 16000, subtype="PCM_16")
+    full = p.read_bytes()
+    p.write_bytes(full[:len(full) // 2])
+    R.read_video(rec, warnings=warn)
+    assert len(warn) == 2 and "header declares 80000 samples, so the file is truncated" in warn[1]
+  finally:
+    p.write_bytes(data)
+
+
+def test_unknown_s4_category_names_the_csv_row(trees):
+  meta = trees["s4"] / "Single-source" / "s4_meta_data.csv"
+  text = meta.read_text()
+  n_rows = len(text.strip().splitlines())
+  try:
+    meta.write_text(text + "vidZ,0,spaceship,val\n")
+    with pytest.raises(R.DataError, match=f"{meta}: row {n_rows + 1}: video 'vidZ' has unknown "
+                                          "category 'spaceship' \\(no folder .*visual_frames/val/spaceship"):
+      R.list_videos(trees["s4"], "s4", "val")
+    bad = []
+    recs = R.list_videos(trees["s4"], "s4", "val", bad_rows=bad)
+    assert [v for v, _ in bad] == ["vidZ"] and "row" in bad[0][1]
+    assert "vidZ" not in [r.video_id for r in recs] and recs
+  finally:
+    meta.write_text(text)

@@ -49,16 +49,36 @@ def test_gt_control_points_binary_iou_and_gt_valid():
 def test_build_document_and_retrieval():
   m = np.zeros((4, 8, 8), np.int32)
   m[2:, :2, :2] = 3
-  doc = core.build_document([
-      {"video_id": "b", "category": "Dog", "masks": m},
-      {"video_id": "a", "category": "dog", "masks": m, "frame_valid": np.array([1, 1, 1, 0], bool)},
-      {"video_id": "c", "category": "male speech", "masks": m}])
-  assert doc[0] == {"video_id": "b", "category": "Dog", "flags": [1, 0, 1, 0]}
-  assert doc[1]["flags"] == [1, 0, 1]
+  fc = [["dog"], ["dog"], ["dog", "man"], ["dog", "man"]]
+  doc, counts = core.build_document([
+      {"video_id": "b", "masks": m, "frame_categories": fc},
+      {"video_id": "a", "masks": m, "frame_categories": fc, "frame_valid": np.array([1, 1, 1, 0], bool)},
+      {"video_id": "c", "masks": m, "categories": ["male speech"]},
+      # S4 train: one annotated frame carries no control-point information -> left out
+      {"video_id": "s4", "masks": m, "categories": ["dog"], "gt_valid": np.array([1, 0, 0, 0], bool)},
+      {"video_id": "nocat", "masks": m, "frame_categories": [[], [], None, []]}])
+  assert counts == {"videos": 5, "entries": 3, "few_gt_frames": 1, "no_categories": 1}
+  assert doc[0] == {"video_id": "b", "categories": ["dog", "man"], "flags": [1, 0, 1, 0],
+                    "frame_categories": fc}
+  assert doc[1]["flags"] == [1, 0, 1] and doc[2]["categories"] == ["male speech"]
   assert [d["video_id"] for d in core.retrieve_examples(doc, "dog", 5)] == ["a", "b"]
+  # Same-length examples first: a 4-frame query prefers b (4 flags) over a (3 flags).
+  assert [d["video_id"] for d in core.retrieve_examples(doc, "dog", 1, num_frames=4)] == ["b"]
+  # A training video never retrieves itself.
+  assert [d["video_id"] for d in core.retrieve_examples(doc, "dog", 5, exclude_id="a")] == ["b"]
   assert [d["video_id"] for d in core.retrieve_examples(doc, "a dog barking", 1)] == ["a"]
+  assert [d["video_id"] for d in core.retrieve_examples(doc, "Man", 3)] == ["a", "b"]
   assert [d["video_id"] for d in core.retrieve_examples(doc, "Male  speech.", 3)] == ["c"]
+  # Whole words only: "manual" does not contain the category "man".
+  assert core.retrieve_examples(doc, "manual labour", 3) == []
   assert core.retrieve_examples(doc, "violin", 3) == [] and core.retrieve_examples(doc, None, 3) == []
+  assert core.check_document(doc, "x") == doc
+  with pytest.raises(ValueError, match="document D1: empty"):
+    core.check_document([], "D1")
+  with pytest.raises(ValueError, match="D2: no entry has a category"):
+    core.check_document([{"video_id": "v", "categories": [], "flags": [1, 0]}], "D2")
+  with pytest.raises(ValueError, match="D3: entry 'v' needs 'flags'.*0/1"):
+    core.check_document([{"video_id": "v", "categories": ["dog"], "flags": [1, 2]}], "D3")
 
 
 # ---------------------------------------------------------------- cosine baseline
@@ -259,3 +279,218 @@ def test_bad_inputs(tmp_path, wavdir):
     match = "branch cnn"
   with pytest.raises((ValueError, ImportError), match=match):
     inputs.make_embed_fn(cfg)
+
+
+# ---------------------------------------------------------------- issue 13: RCPG cases
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+from data_pipelines import synthetic  # noqa: E402
+
+
+def _cli(*args, timeout=120):
+  env = dict(os.environ, PYTHONPATH=os.getcwd(), JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, "-m", "coprop_jax.rcpg", *args], capture_output=True,
+                        text=True, env=env, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def trees(tmp_path_factory):
+  d = tmp_path_factory.mktemp("rcpg_trees")
+  synthetic.write_dataset(d / "avss", "avss", num_videos=9, size=16, seed=3)
+  synthetic.write_dataset(d / "ms3", "ms3", num_videos=5, size=16, seed=3)
+  return d
+
+
+def test_document_from_avss_tree_has_categories_per_frame(trees):
+  """D from an AVSS train split: the class names in each video's GT (regenerated in memory from
+  the generator, independent of the readers) and the GT control points; v1s train videos (one GT
+  frame) are left out."""
+  cfg = _cfg()
+  cfg.document_avss_dir = str(trees / "avss")
+  doc, where = runner.load_document(cfg, str(trees / "ms3"), "ms3")
+  assert where == str(trees / "avss")
+  rng = np.random.default_rng(3)
+  splits = synthetic._splits(9)
+  want = {}
+  for i in range(9):
+    label = ("v1s", "v1m", "v2")[i % 3]
+    clip = synthetic.make_clip(rng, "avss", 16, 10 if label == "v2" else 5)
+    if splits[i] == "train" and label != "v1s":
+      cats = {synthetic.CLASS_NAMES[v - 1] for v in np.unique(clip["masks"]) if v > 0}
+      want[f"synavss_{i:05d}"] = (sorted(cats), core.gt_control_points(clip["masks"]).tolist())
+  assert {d["video_id"]: (d["categories"], d["flags"]) for d in doc} == want
+  assert all(set(d["categories"]) <= set(synthetic.CLASS_NAMES) for d in doc)
+
+
+def test_document_errors_are_loud(trees, tmp_path):
+  cfg = _cfg()
+  # MS3 alone has no categories: an error, never a silent 3step.
+  with pytest.raises(ValueError, match="layout 'ms3'.*rcpg.document_file.*rcpg.document_avss_dir"):
+    runner.load_document(cfg, str(trees / "ms3"), "ms3")
+  # Old-style lines ("category" only) or lines without any category.
+  old = tmp_path / "old.jsonl"
+  old.write_text(json.dumps({"video_id": "v", "category": "v1m", "flags": [1, 0, 1]}) + "\n")
+  cfg.document_file = str(old)
+  with pytest.raises(jsonl.RecordsError, match=f"{old}.*'v'.*'categories'"):
+    runner.load_document(cfg, "", "ms3")
+  empty = tmp_path / "nocats.jsonl"
+  empty.write_text(json.dumps({"video_id": "v", "categories": [], "flags": [1, 0, 1]}) + "\n")
+  cfg.document_file = str(empty)
+  with pytest.raises(ValueError, match=f"{empty}: no entry has a category"):
+    runner.load_document(cfg, "", "ms3")
+  # `--method gt` on an AVSS train split writes a usable document (categories, num_gt_frames).
+  gt = tmp_path / "gt_train.jsonl"
+  runner.run(_cfg(), "gt", str(gt), data_dir=str(trees / "avss"), layout="avss", split="train",
+             progress=False)
+  cfg.document_file = str(gt)
+  doc, _ = runner.load_document(cfg, "", "ms3")
+  cfg2 = _cfg()
+  cfg2.document_avss_dir = str(trees / "avss")
+  assert doc == [{k: d[k] for k in ("video_id", "categories", "flags")}
+                 for d in runner.load_document(cfg2, "", "ms3")[0]]
+
+
+def test_prompt_carries_paper_sentence_and_one_step_has_same_content():
+  from coprop_jax.rcpg import qwen
+  t = qwen.load_templates()
+  paper = ("The audio frames are evenly divided into ten frames, keyframes are marked as 1, and "
+           "non-key frames are marked as 0. Please output the categories of these ten frames in "
+           "order from the first frame to the tenth frame in the format of a list.")
+  assert paper in t["list"].format(**qwen.prompt_fields(10))
+  assert ("evenly divided into five frames" in t["list"].format(**qwen.prompt_fields(5))
+          and "to the fifth frame" in t["list"].format(**qwen.prompt_fields(5)))
+  assert qwen.number_words(21) == ("twenty-one", "twenty-first")
+  assert qwen.number_words(12) == ("twelve", "twelfth") and qwen.number_words(100) == ("100", "100th")
+  three = [t[k].format(**qwen.prompt_fields(5)) for k in ("describe", "category", "list")]
+  assert qwen.one_step_text(t, 5) == " ".join(three)
+
+
+def test_prompt_templates_file_errors(tmp_path):
+  from coprop_jax.rcpg import qwen
+  t = qwen.load_templates()
+  p = tmp_path / "p.json"
+  p.write_text(json.dumps(dict(t, one_step="old key")))
+  with pytest.raises(ValueError, match=f"{p}.*unknown keys \\['one_step'\\]"):
+    qwen.load_templates(str(p))
+  p.write_text(json.dumps(dict(t, list="{N} frames")))
+  with pytest.raises(ValueError, match="'list' uses an unknown placeholder"):
+    qwen.load_templates(str(p))
+
+
+def test_device_defaults_to_available_and_errors_name_the_field():
+  from coprop_jax.rcpg import qwen
+  torch = pytest.importorskip("torch")
+  assert get_rcpg_config().device == "auto"
+  assert qwen.resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+  assert qwen.resolve_device("cpu") == "cpu"
+  with pytest.raises(ValueError, match="rcpg.device='gpu0'"):
+    qwen.resolve_device("gpu0")
+  if not torch.cuda.is_available():
+    with pytest.raises(ValueError, match="rcpg.device='cuda'.*no CUDA device"):
+      qwen.resolve_device("cuda")
+
+
+def test_cli_device_error_leaves_no_output(wavdir, tmp_path):
+  pytest.importorskip("torch")
+  out = tmp_path / "sub" / "cp.jsonl"
+  r = _cli("--config", "configs/rcpg.py:layout=ms3", "--layout", "wavdir", "--data", str(wavdir),
+           "--method", "1step", "--out", str(out), "--no_progress",
+           "--config.rcpg.device=cuda:7", timeout=300)
+  assert r.returncode == 2, r.stderr[-2000:]
+  assert "rcpg.device='cuda:7'" in r.stderr
+  assert not out.exists() and not out.parent.exists()
+
+
+def test_out_holding_another_split_or_shard_is_refused(trees, tmp_path):
+  out = tmp_path / "gt.jsonl"
+  kw = dict(data_dir=str(trees / "avss"), layout="avss", progress=False)
+  runner.run(_cfg(), "gt", str(out), split="train", **kw)
+  before = out.read_bytes()
+  with pytest.raises(jsonl.RecordsError, match=f"{out}.*split 'train'.*split 'test'"):
+    runner.run(_cfg(), "gt", str(out), split="test", **kw)
+  with pytest.raises(jsonl.RecordsError, match=r"shard \[0, 1\].*shard \[1, 2\]"):
+    runner.run(_cfg(), "gt", str(out), split="train", shard_index=1, num_shards=2, **kw)
+  assert out.read_bytes() == before
+  recs, _ = jsonl.read_records(out)
+  assert {r["split"] for r in recs} == {"train"} and {r["layout"] for r in recs} == {"avss"}
+
+
+def test_merge_without_config_uses_shard_fields(wavdir, tmp_path):
+  cfg = _cfg()
+  shards = []
+  for i in range(3):
+    p = tmp_path / f"s{i}.jsonl"
+    runner.run(cfg, "cosine", str(p), data_dir=str(wavdir), layout="wavdir", split="",
+               shard_index=i, num_shards=3, progress=False)
+    shards.append(str(p))
+  assert [r["video_id"] for r in jsonl.merge(shards, tmp_path / "all.jsonl")] == [
+      f"vid{i:02d}" for i in range(7)]
+  out = tmp_path / "m.jsonl"
+  r = _cli("merge", "--out", str(out), shards[0], shards[2])
+  assert r.returncode == 2 and "shard 1 of 3: 0 of 2 videos" in r.stderr, r.stderr
+  assert not out.exists()
+  # An unfinished shard (a line lost) is caught the same way.
+  lines = pathlib_read_lines(shards[1])
+  (tmp_path / "s1_short.jsonl").write_text(lines[0])
+  with pytest.raises(jsonl.RecordsError, match="shard 1 of 3: 1 of 2 videos"):
+    jsonl.merge([shards[0], str(tmp_path / "s1_short.jsonl"), shards[2]], out)
+  r = _cli("merge", "--out", str(out), *shards)
+  assert r.returncode == 0 and json.loads(r.stdout.splitlines()[-1])["checked_shards"] is True
+
+
+def pathlib_read_lines(p):
+  with open(p) as f:
+    return f.readlines()
+
+
+def test_evaluate_rejects_flags_other_than_0_1(tmp_path):
+  gt = tmp_path / "gt.jsonl"
+  pred = tmp_path / "pred.jsonl"
+  gt.write_text(json.dumps({"video_id": "a", "flags": [1, 0, 1]}) + "\n")
+  pred.write_text(json.dumps({"video_id": "a", "flags": [1, 2, 2]}) + "\n")
+  r = _cli("evaluate", "--pred", str(pred), "--gt", str(gt))
+  assert r.returncode == 2 and f"{pred}: video 'a' has flags [1, 2, 2]" in r.stderr, r.stderr
+  pred.write_text(json.dumps({"video_id": "a", "flags": [1, 0, 1]}) + "\n"
+                  + json.dumps({"video_id": "a", "flags": [1, 0, 0]}) + "\n")
+  with pytest.raises(jsonl.RecordsError, match="'a' appears twice"):
+    runner.evaluate_files(str(pred), str(gt))
+  with pytest.raises(ValueError, match="gt: video 'a' has flags \\[1, True"):
+    core.evaluate({"a": [1, 0]}, {"a": [1, True]})
+
+
+@pytest.mark.slow   # ~6 s on an idle 2-core CPU (a 72M-parameter network saved, restored, run)
+def test_cosine_default_vggish_path(tmp_path):
+  """embedding='vggish' (the default) end to end: params restored from an Orbax dir, embeddings of
+  each frame's log-mel patch, cosine flags. Reference: torchvggish's front end, the Flax VGGish
+  applied to it (its parity with torchvggish is tests/test_vggish.py), and a loop of cosines."""
+  import jax
+  import jax.numpy as jnp
+  import soundfile as sf
+  torchvggish_input = pytest.importorskip("torchvggish.vggish_input")
+  from coprop_jax.convert import checkpoint_io
+  from coprop_jax.models import vggish
+  shapes = jax.eval_shape(vggish.VGGish().init, jax.random.PRNGKey(0), jnp.zeros((1, 96, 64)))
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(lambda s: ((rng.random(s.shape, np.float32) - np.float32(0.5))
+                                   * np.float32(np.sqrt(24.0 / max(1, np.prod(s.shape[:-1]))))),
+                        shapes["params"])
+  checkpoint_io.save_params(params, tmp_path / "vggish")
+  assert get_rcpg_config().embedding == "vggish"
+  cfg = get_rcpg_config()
+  cfg.vggish_params, cfg.cosine_threshold = str(tmp_path / "vggish"), 0.9
+  wav = tmp_path / "wavs"
+  wav.mkdir()
+  t = np.arange(16000) / 16000
+  wave = np.concatenate([0.3 * np.sin(2 * np.pi * 440 * t), 0.3 * np.sin(2 * np.pi * 440 * t),
+                         0.3 * rng.standard_normal(16000)]).astype(np.float32)
+  sf.write(wav / "clip.wav", wave, 16000, subtype="FLOAT")
+  out = tmp_path / "cos.jsonl"
+  runner.run(cfg, "cosine", str(out), data_dir=str(wav), layout="wavdir", split="", progress=False)
+  flags = jsonl.read_records(out)[0][0]["flags"]
+  patches = torchvggish_input.waveform_to_examples(wave, 16000, return_tensor=False)[:3]
+  emb = np.asarray(vggish.VGGish().apply({"params": params}, jnp.asarray(patches)), np.float64)
+  cos = [np.dot(emb[i], emb[i - 1]) / (np.linalg.norm(emb[i]) * np.linalg.norm(emb[i - 1]))
+         for i in (1, 2)]
+  assert cos[0] > 0.9 > cos[1]          # same tone, then noise: the reference has one change
+  assert flags == [1] + [int(c < 0.9) for c in cos] == [1, 0, 1]

@@ -51,9 +51,9 @@ def _videos(n=2, t=5):
            "waveform": (0.1 * rng.standard_normal(t * 16000)).astype(np.float32)} for i in range(n)]
 
 
-DOC = [{"video_id": "train_a", "category": "guitar", "flags": [1, 0, 1, 0, 0]},
-       {"video_id": "train_b", "category": "guitar", "flags": [1, 0, 0, 0, 1]},
-       {"video_id": "train_c", "category": "dog", "flags": [1, 1, 0, 0, 0]}]
+DOC = [{"video_id": "train_a", "categories": ["guitar"], "flags": [1, 0, 1, 0, 0]},
+       {"video_id": "train_b", "categories": ["guitar", "man"], "flags": [1, 0, 0, 0, 1]},
+       {"video_id": "train_c", "categories": ["dog"], "flags": [1, 1, 0, 0, 0]}]
 
 
 class ScriptedCategory(qwen.QwenPrompter):
@@ -74,15 +74,45 @@ def _prompter(tiny, method, cls=qwen.QwenPrompter):
              model_name="tiny-qwen2-audio")
 
 
-def test_one_step_prompt_has_audio_and_parses_or_falls_back(tiny):
-  recs = _prompter(tiny, "1step").run(_videos())
+class Scripted(qwen.QwenPrompter):
+  """Runs the real tiny model every step, then replaces its (random) replies with scripted ones
+  keyed by the number of messages, so parsing and retrieval are checked deterministically."""
+  script = {}
+
+  def generate(self, conversations, waves):
+    replies = super().generate(conversations, waves)
+    return [self.script.get(len(c), r) for c, r in zip(conversations, replies)]
+
+
+def _user_texts(prompt):
+  """The user turns' texts of a rendered prompt (audio placeholder removed)."""
+  turns = prompt.split("<|im_start|>user\n")[1:]
+  return [t.split("<|im_end|>")[0].replace("Audio 1: <|audio_bos|><|AUDIO|><|audio_eos|>\n", "")
+          for t in turns]
+
+
+def test_one_step_prompt_parses_the_reply(tiny):
+  class OneStep(Scripted):
+    script = {2: "Sure: [1, 0, 0, 1, 0]"}   # system + user(audio) -> the only reply
+  recs = _prompter(tiny, "1step", OneStep).run(_videos())
   for r in recs:
     assert len(r["prompts"]) == len(r["raw_replies"]) == 1
     p = r["prompts"][0]
     assert p.count("<|audio_bos|><|AUDIO|><|audio_eos|>") == 1
     assert p.endswith("<|im_start|>assistant\n")
-    assert "exactly 5 numbers" in p
-    assert r["flags"] is None or (len(r["flags"]) == 5 and r["flags"][0] == 1)
+    assert "evenly divided into five frames" in p
+    assert r["raw_replies"] == ["Sure: [1, 0, 0, 1, 0]"] and r["flags"] == [1, 0, 0, 1, 0]
+  class Garbage(Scripted):
+    script = {2: "I hear music."}
+  assert [r["flags"] for r in _prompter(tiny, "1step", Garbage).run(_videos())] == [None, None]
+
+
+def test_one_step_and_three_step_prompts_have_the_same_content(tiny):
+  one = _prompter(tiny, "1step").run(_videos(1))[0]["prompts"][0]
+  three = _prompter(tiny, "3step", ScriptedCategory).run(_videos(1))[0]["prompts"][2]
+  t3 = _user_texts(three)
+  assert len(t3) == 3 and _user_texts(one) == [" ".join(t3)]
+  assert "from the first frame to the fifth frame in the format of a list." in t3[2]
 
 
 def test_three_step_history_and_rcpg_retrieval(tiny):
@@ -100,7 +130,7 @@ def test_three_step_history_and_rcpg_retrieval(tiny):
     assert r["category"] == "a guitar"
     # Retrieval: the category reply selected the guitar examples of D, inserted in the last turn.
     assert r["examples"] == ["train_a", "train_b"]
-    assert "train_a: [1, 0, 1, 0, 0]" in p3 and "train_b: [1, 0, 0, 0, 1]" in p3
+    assert "train_a (guitar): [1, 0, 1, 0, 0]" in p3 and "train_b (guitar, man): [1, 0, 0, 0, 1]" in p3
     assert "train_c" not in p3
     assert "train_a" not in p2
 
@@ -129,7 +159,7 @@ def test_runner_with_tiny_model_records_fallback(tiny, tmp_path, fallback):
   assert stats["fallbacks"] == sum(not r["parse_ok"] for r in recs) == 3
   for r in recs:
     assert len(r["flags"]) == 5 and r["flags"][0] == 1
-    assert r["model"] == "tiny-qwen2-audio" and r["prompt_version"] == "v1"
+    assert r["model"] == "tiny-qwen2-audio" and r["prompt_version"] == "v2"
     assert len(r["raw_replies"]) == 1
     if not r["parse_ok"]:
       assert r["fallback"] == fallback
@@ -137,3 +167,32 @@ def test_runner_with_tiny_model_records_fallback(tiny, tmp_path, fallback):
         assert r["flags"] == [1, 0, 0, 0, 0]
     else:
       assert r["fallback"] is None
+
+
+def test_rcpg_on_ms3_retrieves_from_an_avss_document(tiny, tmp_path):
+  """MS3 (no categories of its own) with D from an AVSS tree: queries find examples and the run
+  reports how many did."""
+  from coprop_jax.rcpg import runner as rn
+  from data_pipelines import synthetic
+  synthetic.write_dataset(tmp_path / "avss", "avss", num_videos=9, size=16, seed=3)
+  synthetic.write_dataset(tmp_path / "ms3", "ms3", num_videos=5, size=16, seed=3)
+  cfg = get_rcpg_config()
+  cfg.document_avss_dir, cfg.embedding = str(tmp_path / "avss"), "logmel_mean"
+  doc, _ = rn.load_document(cfg, str(tmp_path / "ms3"), "ms3")
+  cat = doc[0]["categories"][0]
+  model, processor = tiny
+
+  class Cat(Scripted):
+    script = {4: f"It is a {cat}."}
+  prompter = Cat(model, processor, qwen.load_templates(), method="rcpg", max_new_tokens=4,
+                 generate_kwargs=dict(do_sample=False), document=doc, num_examples=2)
+  out = tmp_path / "rcpg.jsonl"
+  stats = rn.run(cfg, "rcpg", str(out), data_dir=str(tmp_path / "ms3"), layout="ms3",
+                 split="test", prompter=prompter, progress=False)
+  recs, _ = jsonl.read_records(out)
+  assert stats["retrieval_queries"] == stats["retrieval_found"] == len(recs) == 1
+  assert stats["document_entries"] == len(doc)
+  hits = [d for d in doc if cat in d["categories"]]   # same frame count (5) first, then by id
+  want = [d["video_id"] for d in sorted(hits, key=lambda d: (len(d["flags"]) != 5, d["video_id"]))][:2]
+  assert recs[0]["examples"] == want and recs[0]["category"] == f"it is a {cat}"
+  assert f"{want[0]} (" in recs[0]["prompts"][2]

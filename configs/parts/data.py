@@ -4,9 +4,12 @@ import ml_collections
 
 def get_data_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  # Which dataset: "synthetic_s4" / "synthetic_ms3" / "synthetic_avss" (generated on the fly into
-  # `data_dir` by data_pipelines.synthetic, then built like the real ones) or "avsbench_s4",
+  # Which dataset: "synthetic_s4" / "synthetic_ms3" / "synthetic_avss" (generated into
+  # `manual_dir` by data_pipelines.synthetic, then built like the real ones) or "avsbench_s4",
   # "avsbench_ms3", "avsbench_avss" (TFDS builders over a manual download in `manual_dir`).
+  # `data_pipelines.prepare.prepare_dataset(config.data)` does both and records the settings: a
+  # tree or build made from other settings is regenerated/rebuilt (synthetic, derived data) or
+  # refused (a real download whose files changed since it was built).
   c.name = "avsbench_s4"
   # Where TFDS writes/reads the prepared ArrayRecord files.
   c.data_dir = "~/tensorflow_datasets"
@@ -37,9 +40,15 @@ def get_data_config() -> ml_collections.ConfigDict:
   # What to do for a video missing from control_points_file: "error", "first_frame" (frame 0 only)
   # or "gt" (control points derived from GT masks where available).
   c.control_points_fallback = "error"
-  # Building: skip videos that fail to read (each reported with its reason) instead of failing.
+  # Building: skip videos that fail to read, or S4 CSV rows naming an unknown category (each
+  # reported with its reason), instead of failing; a split left empty is reported and not built.
   c.skip_bad = False
-  # Synthetic data generator settings (used when `name` starts with "synthetic_").
+  # Building: a WAV shorter than its clip's frames (T seconds) is zero-padded; by up to this many
+  # seconds quietly (AVSBench's clips are often a few hundredths of a second short), beyond it with
+  # a warning naming the file and both lengths.
+  c.short_audio_tolerance_s = 0.1
+  # Synthetic data generator settings (used when `name` starts with "synthetic_"; the image size
+  # is `image_size`, the frame count the layout's).
   c.synthetic = ml_collections.ConfigDict()
   c.synthetic.num_videos = 48
   c.synthetic.seed = 0

@@ -4,6 +4,8 @@ Run with `python -m coprop_jax.rcpg --config configs/rcpg.py --method ... --out 
 """
 import ml_collections
 
+from coprop_jax.rcpg.core import BINARY_IOU_THRESHOLD
+
 
 def get_rcpg_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -26,12 +28,18 @@ def get_rcpg_config() -> ml_collections.ConfigDict:
   # top of the foreground appearing/disappearing. Multi-class masks (avss) use the id-set rule only.
   # 0.4: best keyframe F1 on synthetic MS3 (0.83; S4 0.86) of {0.2,0.3,0.4,0.5} vs the generator's
   # sounding-set changes (40 clips x 10 frames); not yet checked on real AVSBench masks.
-  c.binary_iou_threshold = 0.4
+  # Default = coprop_jax.rcpg.core.BINARY_IOU_THRESHOLD, also used by the data pipeline's "gt"
+  # control-point fallback (the same rule, one function).
+  c.binary_iou_threshold = BINARY_IOU_THRESHOLD
 
-  # --- Retrieval document D (rcpg method) ---
-  # JSONL of GT control points (the output of `--method gt` on the train split). Empty = build it
-  # from the `train` split of data_dir (AVSBench layouts only).
+  # --- Retrieval document D (rcpg method): training videos with categories and control points ---
+  # JSONL, one line per video: {"video_id", "categories": [class names], "flags": [0/1 ...]}, e.g.
+  # the output of `--method gt` on an AVSS train split. Takes precedence over document_avss_dir.
   c.document_file = ""
+  # AVSBench-semantic root whose train split becomes D (class names per frame from label2idx.json;
+  # its v1s/v1m subsets re-label the S4/MS3 videos). Empty: data_dir when the layout is avss;
+  # for s4/ms3 one of the two document fields must be set (S4/MS3 masks carry no categories).
+  c.document_avss_dir = ""
   # How many same-category examples from D go into the final prompt.
   c.num_examples = 3
 
@@ -50,7 +58,8 @@ def get_rcpg_config() -> ml_collections.ConfigDict:
   # never downloaded by this code (pre-fetch it on the GPU box).
   c.model_name_or_path = "Qwen/Qwen2-Audio-7B-Instruct"
   c.torch_dtype = "bfloat16"   # "bfloat16", "float16" or "float32"
-  c.device = "cuda"            # torch device string ("cuda", "cuda:1", "cpu")
+  # torch device: "auto" (cuda when torch sees a GPU, else cpu), "cpu", "cuda", "cuda:1", ...
+  c.device = "auto"
   c.batch_size = 8             # videos per generate() call
   c.max_new_tokens = 64
   # Generation settings passed to model.generate (greedy by default: reproducible flags).

@@ -5,6 +5,10 @@
       [--shard_index i --num_shards n] [--config.rcpg.x=value ...]
   python -m coprop_jax.rcpg merge --out FILE SHARD [SHARD ...] [--config C --data DIR ...]
   python -m coprop_jax.rcpg evaluate --pred FILE --gt FILE
+
+`merge` checks the shards against the video list of --config/--data when given, else against the
+records' own `shard` / `num_videos_total` fields (a missing or unfinished shard is an error).
+Errors print one line `error: ...` naming the file or field, exit status 2.
 """
 from __future__ import annotations
 
@@ -30,6 +34,14 @@ def _resolve(args, overrides):
 
 
 def main(argv=None) -> int:
+  try:
+    return _main(argv)
+  except (ValueError, FileNotFoundError) as e:   # RecordsError, DataError, ConfigError included
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+
+
+def _main(argv=None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
   if argv and argv[0] == "merge":
@@ -43,7 +55,8 @@ def main(argv=None) -> int:
       cfg, data, layout, split = _resolve(args, rest)
       expected = [i["video_id"] for i in inputs.list_sources(data, layout, split, cfg.num_frames)]
     recs = jsonl.merge(args.shards, args.out, expected)
-    print(json.dumps({"merged": len(recs), "out": args.out, "checked_ids": expected is not None}))
+    print(json.dumps({"merged": len(recs), "out": args.out, "checked_ids": expected is not None,
+                      "checked_shards": expected is None}))
     return 0
   if argv and argv[0] == "evaluate":
     p = argparse.ArgumentParser(prog="python -m coprop_jax.rcpg evaluate", allow_abbrev=False)

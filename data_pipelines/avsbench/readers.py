@@ -12,7 +12,9 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import logging
 import pathlib
+import wave as wave_lib
 
 import numpy as np
 from PIL import Image
@@ -23,6 +25,11 @@ LAYOUTS = ("s4", "ms3", "avss")
 SPLITS = ("train", "val", "test")
 AVSS_LABELS = ("v1s", "v1m", "v2")
 AVSS_MAX_FRAMES = 10
+# A WAV shorter than its clip's T seconds by at most this is zero-padded quietly (AVSBench's own
+# clips are often a few hundredths of a second short); past it, a warning names the file.
+SHORT_AUDIO_TOLERANCE_S = 0.1
+
+log = logging.getLogger(__name__)
 
 
 class DataError(ValueError):
@@ -67,10 +74,14 @@ def load_label2idx(root) -> dict[str, int]:
   return d
 
 
-def list_videos(manual_dir, layout: str, split: str, categories=None) -> list[VideoRecord]:
+def list_videos(manual_dir, layout: str, split: str, categories=None,
+                bad_rows: list | None = None) -> list[VideoRecord]:
   """Parses the layout's metadata CSV; rows of `split` only. Raises DataError on malformed rows.
 
-  `categories` (s4): the allowed category names; a row with another category is an error.
+  `categories` (s4): the allowed category names; without it, the category folders present under
+  `s4_data/visual_frames/<split>/`. A row with another category is an error naming the CSV row
+  (not a missing frame folder later). `bad_rows`: when a list, such rows are appended to it as
+  (video_id, message) and skipped instead (the builders' skip_bad).
   """
   root = layout_root(manual_dir, layout)
   meta = _meta_path(root, layout)
@@ -91,6 +102,7 @@ def list_videos(manual_dir, layout: str, split: str, categories=None) -> list[Vi
     ui, li = header.index("uid"), header.index("label")
   need = max(si, 2 if layout == "s4" else 0, *( (ui, li) if layout == "avss" else ()))
   out = []
+  on_disk = None  # s4: category folders of the split, listed once
   for n, row in enumerate(rows[1:], start=2):
     if not row or all(not c.strip() for c in row):
       continue
@@ -103,8 +115,21 @@ def list_videos(manual_dir, layout: str, split: str, categories=None) -> list[Vi
       continue
     if layout == "s4":
       vid, cat = row[0].strip(), row[2].strip()   # AVSBench reads columns 0 and 2 by position
-      if categories is not None and cat not in categories:
-        raise DataError(f"{meta}: row {n}: unknown category {cat!r} (known: {sorted(categories)})")
+      known = categories
+      if known is None:
+        cat_dir = root / "s4_data" / "visual_frames" / sp
+        if on_disk is None:
+          on_disk = {p.name for p in cat_dir.iterdir() if p.is_dir()} if cat_dir.is_dir() else set()
+        known, where = on_disk, f"no folder {cat_dir / cat}"
+      else:
+        where = "not an AVSBench S4 category"
+      if cat not in known:
+        msg = (f"{meta}: row {n}: video {vid!r} has unknown category {cat!r} ({where}; "
+               f"known: {sorted(known)})")
+        if bad_rows is None:
+          raise DataError(msg)
+        bad_rows.append((vid, msg))
+        continue
       t = 5
     elif layout == "ms3":
       vid, cat, t = row[0].strip(), "", 5
@@ -176,8 +201,77 @@ def _decode_voc(rgb: np.ndarray, num_classes: int) -> np.ndarray:
   return out
 
 
-def read_video(rec: VideoRecord, num_classes: int | None = None, pad_to: int | None = None) -> dict:
-  """Loads one clip (see module docstring). AVSS clips are padded to `pad_to` (default 10)."""
+def read_masks(rec: VideoRecord, num_classes: int | None = None) -> dict:
+  """Only the GT of one clip (no frames, no audio): masks int32 [T,H,W], gt_valid bool [T]
+  (T = frames on disk, no padding), for building RCPG documents cheaply."""
+  h = w = None
+  ps = mask_paths(rec)
+  first = next((p for p in ps if p is not None), None)
+  if first is not None:
+    w, h = _open_image(first, "mask").size
+  masks = np.zeros((len(ps), h or 1, w or 1), np.int32)
+  gt_valid = np.zeros(len(ps), bool)
+  for i, p in enumerate(ps):
+    if p is not None:
+      masks[i] = _read_mask(rec, p, (w, h), num_classes)
+      gt_valid[i] = True
+  return dict(masks=masks, gt_valid=gt_valid, video_id=rec.video_id, category=rec.category)
+
+
+def _read_mask(rec: VideoRecord, p: pathlib.Path, size: tuple[int, int], num_classes) -> np.ndarray:
+  m = _open_image(p, "mask")
+  w, h = size
+  if m.size != (w, h):
+    raise DataError(f"mask {p}: size {m.size[0]}x{m.size[1]}, expected {w}x{h} (the frame size)")
+  if rec.layout == "s4":
+    if m.mode not in ("1", "L", "P"):
+      raise DataError(f"mask {p}: mode {m.mode!r}, expected a binary mask ('1', 'L' or 'P')")
+    return np.asarray(m.convert("1"), bool).astype(np.int32)
+  if rec.layout == "ms3":
+    if m.mode not in ("P", "L", "1"):
+      raise DataError(f"mask {p}: mode {m.mode!r}, expected a palette ('P') mask")
+    return (np.asarray(m) != 0).astype(np.int32)
+  if m.mode not in ("RGB", "RGBA", "P"):
+    raise DataError(f"mask {p}: mode {m.mode!r}, expected an RGB VOC-colour class mask")
+  return _decode_voc(np.asarray(m.convert("RGB")), num_classes or 256)
+
+
+def _wav_header_frames(path: pathlib.Path) -> int | None:
+  """Sample count the WAV header declares (PCM WAVs; None when the header cannot say)."""
+  try:
+    with wave_lib.open(str(path), "rb") as f:
+      return f.getnframes()
+  except Exception:
+    return None
+
+
+def fit_audio(wave: np.ndarray, num_samples: int, path, tolerance_s: float = SHORT_AUDIO_TOLERANCE_S,
+              warnings: list | None = None) -> np.ndarray:
+  """Cuts or zero-pads `wave` to `num_samples`. Padding of at most `tolerance_s` is quiet; more
+  logs a warning naming the file and both lengths (and appends it to `warnings` if given)."""
+  short = num_samples - wave.shape[0]
+  if short > tolerance_s * audio_lib.SAMPLE_RATE:
+    sr = audio_lib.SAMPLE_RATE
+    declared = _wav_header_frames(pathlib.Path(path))
+    trunc = (f"; its header declares {declared} samples, so the file is truncated"
+             if declared is not None and declared > wave.shape[0] else "")
+    msg = (f"audio file {path}: {wave.shape[0]} samples ({wave.shape[0] / sr:.3f} s), the clip's "
+           f"frames need {num_samples} ({num_samples / sr:.3f} s){trunc}; zero-padding "
+           f"{short / sr:.3f} s (more than data.short_audio_tolerance_s={tolerance_s})")
+    log.warning(msg)
+    if warnings is not None:
+      warnings.append(msg)
+  return np.pad(wave, (0, max(0, short)))[:num_samples]
+
+
+def read_video(rec: VideoRecord, num_classes: int | None = None, pad_to: int | None = None,
+               short_audio_tolerance_s: float = SHORT_AUDIO_TOLERANCE_S,
+               warnings: list | None = None) -> dict:
+  """Loads one clip (see module docstring). AVSS clips are padded to `pad_to` (default 10).
+
+  A WAV shorter than T seconds is zero-padded (see `fit_audio`: quiet up to
+  `short_audio_tolerance_s`, a warning past it, appended to `warnings` when given).
+  """
   check_frame_count(rec)
   frames = []
   for p in frame_paths(rec):
@@ -195,30 +289,16 @@ def read_video(rec: VideoRecord, num_classes: int | None = None, pad_to: int | N
   for i, p in enumerate(mask_paths(rec)):
     if p is None:
       continue
-    m = _open_image(p, "mask")
-    if m.size != (w, h):
-      raise DataError(f"mask {p}: size {m.size[0]}x{m.size[1]}, expected {w}x{h} (the frame size)")
-    if rec.layout == "s4":
-      if m.mode not in ("1", "L", "P"):
-        raise DataError(f"mask {p}: mode {m.mode!r}, expected a binary mask ('1', 'L' or 'P')")
-      masks[i] = np.asarray(m.convert("1"), bool)
-    elif rec.layout == "ms3":
-      if m.mode not in ("P", "L", "1"):
-        raise DataError(f"mask {p}: mode {m.mode!r}, expected a palette ('P') mask")
-      masks[i] = (np.asarray(m) != 0)
-    else:
-      if m.mode not in ("RGB", "RGBA", "P"):
-        raise DataError(f"mask {p}: mode {m.mode!r}, expected an RGB VOC-colour class mask")
-      masks[i] = _decode_voc(np.asarray(m.convert("RGB")), num_classes or 256)
+    masks[i] = _read_mask(rec, p, (w, h), num_classes)
     gt_valid[i] = True
   wp = wav_path(rec)
   try:
     wave, _ = audio_lib.read_wav(wp)
   except audio_lib.AudioError as e:
     raise DataError(str(e)) from e
+  wave = fit_audio(wave, t * audio_lib.SAMPLE_RATE, wp, short_audio_tolerance_s, warnings)
   logmel = audio_lib.waveform_to_frame_patches(wave, t)
   frame_valid = np.ones(t, bool)
-  wave = _fit(wave, t * audio_lib.SAMPLE_RATE)
   frames = np.stack(frames)
   if rec.layout == "avss":
     n = pad_to or AVSS_MAX_FRAMES
@@ -234,10 +314,6 @@ def read_video(rec: VideoRecord, num_classes: int | None = None, pad_to: int | N
   return dict(frames=frames, masks=masks, gt_valid=gt_valid, frame_valid=frame_valid,
               waveform=wave.astype(np.float32), audio_logmel=logmel.astype(np.float32),
               category=rec.category, video_id=rec.video_id)
-
-
-def _fit(wave: np.ndarray, n: int) -> np.ndarray:
-  return np.pad(wave, (0, max(0, n - wave.shape[0])))[:n]
 
 
 def check_frame_count(rec: VideoRecord):
