@@ -288,6 +288,13 @@ class Segmenter:
       if valid_t.size and not is_kf[i, valid_t[0]]:
         raise ValueError(f"{clip(i)}: control_points at its first valid frame {valid_t[0]} is 0; "
                          "the first frame is always a keyframe")
+    if not len(idx):  # every frame of the batch is padding: nothing to run
+      z = np.zeros((b, t, h, w), np.int32)
+      return dict(masks=z, object_ids=z.copy(), fg_prob=z.astype(np.float32), is_keyframe=is_kf,
+                  num_objects=np.zeros((b, t), np.int32),
+                  report=dict(keyframes=str(keyframes) if isinstance(keyframes, str) else "masks",
+                              num_keyframes=0, classes_dropped=0, classes_dropped_per_clip=[0] * b,
+                              empty_keyframes=0))
     kf, source = self._keyframes(params, batch, keyframes, idx, names)
 
     def scatter(v, fill=0):

@@ -248,6 +248,31 @@ def test_insert_variants_and_config_wiring():
     propagator_shapes(tiny(audio_tokens="many"), H, W)
 
 
+def test_load_aot_weights_keeps_the_id_bank_and_the_audio_params():
+  """Stage-2 init from a converted AOT checkpoint: every AOT weight (ID bank included) replaces
+  the initial value, the audio parameters keep theirs; an ID bank of another size is an error
+  naming max_objects."""
+  from configs.base import get_base_config
+  from coprop_jax import pipeline as PL
+  from coprop_jax.convert.checkpoint_io import CheckpointError
+  cfg = get_base_config()
+  p = cfg.propagator
+  p.num_layers, p.d_model, p.num_heads, p.ffn_dim, p.local_max_dis, p.max_objects = 2, 32, 4, 64, 2, 2
+  shapes = propagator_shapes(P.from_config(p), H, W)
+  mine = {"keyframe": {}, "propagator": random_like(shapes, seed=5), "encoder": {}}
+  sd = aot_state_dict(ids=3)
+  aot = dict(aot_convert.from_torch_state_dict(sd, shapes, 2, encoder=None), encoder={})
+  got = PL.load_aot_weights(cfg, mine, aot)["propagator"]
+  np.testing.assert_array_equal(got["patch_wise_id_bank"]["kernel"],
+                                np.transpose(sd["state_dict"]["module.patch_wise_id_bank.weight"], (2, 3, 1, 0)))
+  np.testing.assert_array_equal(got["audio_insert_0"]["query"]["kernel"],
+                                mine["propagator"]["audio_insert_0"]["query"]["kernel"])
+  p.max_objects = 10
+  big = {"keyframe": {}, "propagator": random_like(propagator_shapes(P.from_config(p), H, W)), "encoder": {}}
+  with pytest.raises(CheckpointError, match="set propagator.max_objects=10"):
+    PL.load_aot_weights(cfg, big, aot)
+
+
 @pytest.mark.parametrize("encoder", ["mobilenet_v2", "resnet50"])
 def test_aot_full_size_checkpoint_names(encoder):
   """AOT-L / R50-AOTL sized state dict (3 layers, 256 wide, 11 ids, encoder.*) converts with
