@@ -109,6 +109,7 @@ def evaluate(args, prop):
   data = clips(args.clips, args.frames, args.size, seed=2)
   t = args.frames
   enough = (t - 1) // args.mem_gap + 1
+  segs = {k: PL.make_segmenter(config(k, args.mem_gap), encode=encode) for k in (args.slots, enough)}
   for setting in ("propagation_only", "gt_control_points"):
     cp = data["control_points"].copy()
     target = data["masks"]
@@ -118,8 +119,7 @@ def evaluate(args, prop):
       target = data["track"]
     batch = dict(data, control_points=cp, masks=target)
     outs = {}
-    for slots in (args.slots, enough):
-      seg = PL.make_segmenter(config(slots, args.mem_gap), encode=encode)
+    for slots, seg in segs.items():
       outs[slots] = seg.segment({"propagator": prop, "encoder": {}}, batch, keyframes="gt")
     # Frames predicted after the ring dropped: more than `slots` writes since the last keyframe.
     start = PL.segment_starts(cp == 1)

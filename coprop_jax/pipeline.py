@@ -437,7 +437,7 @@ def make_train_forward(config, *, encode: Optional[Callable] = None):
         frames, jnp.where(targets == IGNORE, 0, targets), is_ref, nobj, encode=encode,
         frame_valid=batch["frame_valid"].astype(bool), memory_slots=pc.memory_slots,
         mem_gap=tc.mem_gap, train=True, rng=r_drop, remat=pc.remat, teacher_masks=targets,
-        teacher_forcing=~seq, freeze_id=seq, id_perm=perm, return_logits=True, **audio)
+        teacher_valid=gt, teacher_forcing=~seq, freeze_id=seq, id_perm=perm, return_logits=True, **audio)
     return dict(logits=out["logits"], targets=targets, weights=weights, num_objects=nobj)
 
   return forward

@@ -123,7 +123,8 @@ def propagate(model: Propagator, params, frames: Array, keyframe_masks: Array, i
               audio_logmel: Optional[Array] = None, vggish_params=None,
               frame_valid: Optional[Array] = None, memory_slots: int = 4, mem_gap: int = 5,
               train: bool = False, rng=None, remat: bool = False,
-              teacher_masks: Optional[Array] = None, teacher_forcing=False, freeze_id=None,
+              teacher_masks: Optional[Array] = None, teacher_valid: Optional[Array] = None,
+              teacher_forcing=False, freeze_id=None,
               id_perm: Optional[Array] = None, return_logits: bool = False) -> dict:
   """Segments every frame of a batch of clips by propagation from their keyframes (traceable).
 
@@ -138,10 +139,10 @@ def propagate(model: Propagator, params, frames: Array, keyframe_masks: Array, i
     VGGish runs per frame inside the step, frozen).
   frame_valid: [B, T] bool; invalid frames (padding) leave the memory unchanged and output 0.
   train: drop-path on (needs `rng`); remat: rematerialise each frame in BPTT.
-  Training only: teacher_masks [B, T, H, W] object ids (255 = unknown) feed the short-term
-    memory instead of the prediction where `teacher_forcing` (traced bool) and the mask is known
-    (id 255 pixels get no id); freeze_id (traced bool) stops the ID bank's gradient; id_perm
-    [B, ids] AOT's id shuffle (see `Propagator.frame`).
+  Training only: teacher_masks [B, T, H, W] object ids (255 pixels count as background) feed
+    the short-term memory instead of the prediction where `teacher_forcing` (traced bool) and
+    teacher_valid [B, T] (the frame has GT); freeze_id (traced bool) stops the ID bank's
+    gradient; id_perm [B, ids] AOT's id shuffle (see `Propagator.frame`).
   Returns {"ids": [B, T, H, W] int32 (keyframes: their mask), "fg_prob": [B, T, H, W] float32
     (1 - softmax background over the allowed ids; keyframes: mask > 0)} and with return_logits
     "logits": [B, T, H, W, ids] float32 (keyframes: +-10 one-hot of their mask).
@@ -157,6 +158,8 @@ def propagate(model: Propagator, params, frames: Array, keyframe_masks: Array, i
     raise ValueError("propagate: audio_logmel needs vggish_params (the frozen VGGish)")
   if train and rng is None:
     raise ValueError("propagate: train=True needs a dropout `rng`")
+  if (teacher_masks is None) != (teacher_valid is None):
+    raise ValueError("propagate: teacher_masks [B, T, H, W] and teacher_valid [B, T] go together")
   rng = jax.random.PRNGKey(0) if rng is None else rng
   apply = functools.partial(model.apply, {"params": params["propagator"]})
   enc_vars = params.get("encoder")
@@ -182,8 +185,8 @@ def propagate(model: Propagator, params, frames: Array, keyframe_masks: Array, i
     kw = dict(freeze_id=freeze_id, id_perm=id_perm, deterministic=not train)
     if teacher_masks is not None:
       tm = _at(teacher_masks, t)
-      kw.update(short_onehot=jax.nn.one_hot(tm, n_ids, dtype=jnp.float32),  # 255 -> no id
-                use_short_onehot=jnp.asarray(teacher_forcing) & fv)
+      kw.update(short_onehot=jax.nn.one_hot(jnp.where(tm == 255, 0, tm), n_ids, dtype=jnp.float32),
+                use_short_onehot=jnp.asarray(teacher_forcing) & fv & _at(teacher_valid, t))
     logits, ref_kv, pred_kv = apply(feats, a, mem.layers(), kf_onehot, ref, nobj, method=Propagator.frame,
                                     rngs={"dropout": jax.random.fold_in(rng, t)} if train else {}, **kw)
     mem = mem.update(ref_kv, pred_kv, ref, fv, _at(num_objects, t), mem_gap)

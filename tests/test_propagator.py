@@ -233,6 +233,36 @@ def test_audio_insert_per_pixel_attention(mode):
       assert gq == 0 and gk == 0, (k, gq, gk)
 
 
+def test_frame_step_id_shuffle_is_a_relabelling():
+  """AOT's id shuffle in `Propagator.frame`: object j drawn as bank entry perm[j], logits read
+  back in the original ids. It must equal the network whose ID-bank inputs and decoder outputs
+  are permuted, run without a shuffle (a reset example and a propagated one, teacher forcing on
+  the second)."""
+  m = tiny(max_objects=3)
+  p = random_like(propagator_shapes(m, H, W), seed=7)
+  frames, audio = clip(1, seed=8)
+  feats, a = fake_encode(None, jnp.concatenate([frames[:, 0]] * 2)), jnp.concatenate([audio[:, 0]] * 2)
+  mask = jnp.concatenate([keyframe_mask(3)] * 2)
+  oh = jax.nn.one_hot(mask, 4)
+  n, c = feats[3].shape[1] * feats[3].shape[2], m.d_model
+  rng = np.random.default_rng(0)
+  mem = [(jnp.asarray(rng.normal(size=(2, 3, n, c)), jnp.float32), jnp.asarray(rng.normal(size=(2, 3, n, c)), jnp.float32),
+          jnp.array([[True, True, False]] * 2), jnp.asarray(rng.normal(size=(2, n, c)), jnp.float32),
+          jnp.asarray(rng.normal(size=(2, n, c)), jnp.float32)) for _ in range(2)]
+  frame = jax.jit(lambda q, perm: m.apply({"params": q}, feats, a, mem, oh, jnp.array([True, False]),
+                                          jnp.array([3, 2]), short_onehot=oh, use_short_onehot=jnp.array([False, True]),
+                                          id_perm=perm, method=P.Propagator.frame), compiler_options=FAST_COMPILE)
+  perm = np.array([0, 3, 1, 2])
+  got = frame(p, jnp.asarray(np.stack([perm, perm])))
+  q = jax.tree_util.tree_map(lambda x: x, p)
+  q["patch_wise_id_bank"] = dict(p["patch_wise_id_bank"], kernel=p["patch_wise_id_bank"]["kernel"][:, :, perm])
+  q["decoder"] = dict(p["decoder"], conv_out={"kernel": p["decoder"]["conv_out"]["kernel"][..., perm],
+                                               "bias": p["decoder"]["conv_out"]["bias"][perm]})
+  want = frame(q, jnp.asarray(np.stack([np.arange(4)] * 2)))
+  for g, w in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-4, atol=1e-4)
+
+
 def test_insert_variants_and_config_wiring():
   """Table 5 settings live once in the library; configs and the converter read them."""
   from coprop_jax.utils.config import load_config
