@@ -17,7 +17,7 @@ import jax
 import numpy as np
 
 from coprop_jax.convert.checkpoint_io import (CheckpointError, SourceDict, check_params_match, conv,
-                                              linear, strip_prefixes)
+                                              linear)
 
 
 def _unwrap(sd: Mapping[str, Any]) -> dict:

@@ -37,7 +37,7 @@ or ResNet-50 ([256, 512, 1024, 1024], layer4 dropped) at output stride 16, as
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
