@@ -2,7 +2,9 @@
 
 python benchmarks/propagator.py [--frames 8,64,512] [--size 224] [--encoder mobilenet_v2]
     [--output logits] [--layers 3] [--dtype float32] [--run_frames 8] [--valid_frac 1.0]
-AOT-L sized (3 LSTT layers, d_model 256, 8 heads, FFN 1024, 2 ids, 4 memory slots, gap 5).
+AOT-L sized (3 LSTT layers, d_model 256, 8 heads, FFN 1024, 11 ids (num_objects 1), 4 memory
+slots, gap 5), one control point at frame 0. --output logits also returns [B, T, H, W, 11] logits;
+ids returns only the int32 ids and float32 foreground probability.
 compile_s / temp_bytes / output_bytes / argument_bytes come from lowering and compiling for
 each T (no execution); frames_per_s is measured (second run) only for T <= --run_frames, with
 the first ceil(valid_frac * T) frames valid and the rest padding (skipped by the scan), counting
@@ -16,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from configs.parts.propagator import get_propagator_config
+from coprop_jax import propagation
 from coprop_jax.models import propagator as P
 
 
@@ -38,7 +41,7 @@ def main():
                   help="fraction of leading valid frames in the timed run (rest = padding)")
   a = ap.parse_args()
   cfg = get_propagator_config()
-  cfg.num_layers, cfg.dtype, cfg.max_objects = a.layers, a.dtype, 1
+  cfg.num_layers, cfg.dtype = a.layers, a.dtype
   cfg.encoder = "mobilenet_v2" if a.encoder == "fake" else a.encoder
   s = a.size
   m = P.from_config(cfg)
@@ -46,29 +49,30 @@ def main():
     encode = fake_encoder
     frame = jnp.zeros((1, s, s, 3))
     params = {"propagator": jax.jit(lambda r: P.init_params(
-        m, r, fake_encoder(None, frame), jnp.zeros((1, 1, 128)),
-        jax.nn.one_hot(jnp.zeros((1, s, s), jnp.int32), 2)))(jax.random.PRNGKey(0))}
+        m, r, fake_encoder(None, frame), jnp.zeros((1, 128)),
+        jax.nn.one_hot(jnp.zeros((1, s, s), jnp.int32), m.max_objects + 1)))(jax.random.PRNGKey(0))}
   else:
     _, encode = P.build_encoder(cfg)
     params = jax.jit(lambda r: P.init(cfg, r, (s, s)))(jax.random.PRNGKey(0))
-  run = P.make_propagate_fn(m, encode, cfg.memory_slots, cfg.mem_gap, output=a.output)
-  mask = jnp.zeros((1, s, s), jnp.int32)
+  run = propagation.make_propagate_fn(m, encode, memory_slots=cfg.memory_slots, mem_gap=cfg.mem_gap,
+                                      return_logits=a.output == "logits")
   for t in [int(x) for x in a.frames.split(",")]:
-    frames = jax.ShapeDtypeStruct((1, t, s, s, 3), jnp.float32)
-    audio = jax.ShapeDtypeStruct((1, t, 128), jnp.float32)
-    fv = jax.ShapeDtypeStruct((1, t), jnp.bool_)
+    sd = jax.ShapeDtypeStruct
+    frames, audio = sd((1, t, s, s, 3), jnp.float32), sd((1, t, 128), jnp.float32)
+    masks, fv = sd((1, t, s, s), jnp.int32), sd((1, t), jnp.bool_)
+    is_kf, nobj = jnp.arange(t)[None] == 0, jnp.ones((1, t), jnp.int32)
     t0 = time.perf_counter()
-    compiled = run.jitted.lower(params, mask, frames, audio, fv, None).compile()
+    compiled = run.jitted.lower(params, frames, masks, is_kf, nobj, audio, None, None, fv).compile()
     compile_s = time.perf_counter() - t0
     mem = compiled.memory_analysis()
     fps = None
     if t <= a.run_frames:
       n_valid = max(1, math.ceil(a.valid_frac * t))
-      args = (params, mask, jnp.zeros((1, t, s, s, 3)), jnp.zeros((1, t, 128)),
-              jnp.arange(t)[None] < n_valid, None)
-      compiled(*args).block_until_ready()
+      args = (params, jnp.zeros((1, t, s, s, 3)), jnp.zeros((1, t, s, s), jnp.int32), is_kf, nobj,
+              jnp.zeros((1, t, 128)), None, None, jnp.arange(t)[None] < n_valid)
+      jax.block_until_ready(compiled(*args))
       t0 = time.perf_counter()
-      compiled(*args).block_until_ready()
+      jax.block_until_ready(compiled(*args))
       fps = t / (time.perf_counter() - t0)
     print(json.dumps(dict(frames=t, valid_frames=n_valid if fps is not None else None,
                           height=s, width=s, encoder=a.encoder, output=a.output,

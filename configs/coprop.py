@@ -13,31 +13,30 @@ Expected results (paper, PVT-v2-b5): S4 83.7 mJ / 90.9 mF, MS3 63.6 / 74.0, AVSS
 Needs the AVSBench manual download at `config.data.manual_dir`.
 """
 from configs.base import get_base_config
+from coprop_jax.models.propagator import INSERT_VARIANTS
 from coprop_jax.utils.config import parse_config_string
 
 _DATASETS = {
-    # dataset: (TFDS name, frames per clip, KPF classes, propagator max objects)
-    "s4": ("avsbench_s4", 5, 1, 1),
-    "ms3": ("avsbench_ms3", 5, 1, 1),
-    "avss": ("avsbench_avss", 10, 71, 10),
+    # dataset: (TFDS name, frames per clip, KPF classes); propagator.max_objects stays AOT's 10
+    "s4": ("avsbench_s4", 5, 1),
+    "ms3": ("avsbench_ms3", 5, 1),
+    "avss": ("avsbench_avss", 10, 71),
 }
-_INSERT_LEVELS = {"aot": (), "1layer": (3,), "4layer": (0, 1, 2, 3)}
 
 
 def get_config(arg=None):
   args = parse_config_string(arg, {"dataset": "s4", "backbone": "pvt_v2_b5", "insert": "4layer"})
   if args.dataset not in _DATASETS:
     raise ValueError(f"dataset must be one of {sorted(_DATASETS)}, got '{args.dataset}'")
-  if args.insert not in _INSERT_LEVELS:
-    raise ValueError(f"insert must be one of {sorted(_INSERT_LEVELS)}, got '{args.insert}'")
+  if args.insert not in INSERT_VARIANTS:
+    raise ValueError(f"insert must be one of {sorted(INSERT_VARIANTS)}, got '{args.insert}'")
   c = get_base_config()
-  name, frames, classes, max_objects = _DATASETS[args.dataset]
+  name, frames, classes = _DATASETS[args.dataset]
   c.data.name = name
   c.data.num_frames = frames
   c.keyframe.backbone = args.backbone
   c.keyframe.num_classes = classes
-  c.propagator.max_objects = max_objects
-  c.propagator.audio_insert_levels = _INSERT_LEVELS[args.insert]
+  c.propagator.update(INSERT_VARIANTS[args.insert])
   if args.backbone == "resnet50":
     c.propagator.encoder = "resnet50"
   return c

@@ -1,4 +1,5 @@
-"""Propagator tests (CPU, tiny configs). One compiled scan (module fixture) serves the scan tests."""
+"""Propagator modules (CPU, tiny configs, nothing compiled but eager applies): AOT kernels, the
+audio insert, AOT checkpoint conversion. The scan / pipeline tests are in tests/test_pipeline.py."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -6,18 +7,12 @@ import pytest
 
 from configs.parts.propagator import get_propagator_config
 from coprop_jax.convert import aot as aot_convert
+from coprop_jax.models import layers as L
 from coprop_jax.models import propagator as P
+from coprop_jax.train.state import FAST_COMPILE
+from propagator_helpers import ENC, fake_encode, propagator_shapes, random_like
 
 B, H, W = 1, 64, 64
-ENC = (8, 8, 8, 16)  # channels of the fake encoder levels (1/4, 1/8, 1/16, 1/16)
-SLOTS, GAP, BUCKET = 2, 1, 5
-PROJ = [np.random.default_rng(i).standard_normal((3, c)).astype(np.float32) for i, c in enumerate(ENC)]
-
-
-def fake_encode(_, x):
-  """images [N, H, W, 3] -> 4 maps at 1/4, 1/8, 1/16, 1/16 (avg-pool + fixed projection)."""
-  pool = lambda s: jax.lax.reduce_window(x, 0.0, jax.lax.add, (1, s, s, 1), (1, s, s, 1), "VALID") / (s * s)
-  return [jnp.tanh(pool(s) @ p) for s, p in zip((4, 8, 16, 16), PROJ)]
 
 
 def tiny(**kw):
@@ -38,114 +33,6 @@ def keyframe_mask(max_objects):
   return mask.at[:, 40:60, 30:60].set(max_objects) if max_objects > 1 else mask
 
 
-def init(model, frames, audio, mask):
-  return P.init_params(model, jax.random.PRNGKey(1), fake_encode(None, frames[:, 0]), audio[:, 0, None],
-                       jax.nn.one_hot(mask, model.max_objects + 1))
-
-
-def converted_params(model, seed=0):
-  """Params without compiling an init: AOT weights from a synthetic state dict into the shape-only
-  init; the audio parameters (absent from AOT) get random values so the audio paths are live."""
-  frames, audio = clip(1)
-  shapes = jax.eval_shape(lambda: init(model, frames, audio, keyframe_mask(model.max_objects)))
-  p = aot_convert.from_torch_state_dict(aot_state_dict(seed=seed), shapes, model.num_layers,
-                                        encoder=None)["propagator"]
-  rng = np.random.default_rng(seed + 1)
-  for k in p:
-    if k.startswith("audio_insert") or k == "id_audio":
-      p[k] = jax.tree_util.tree_map(lambda x: (0.1 * rng.standard_normal(x.shape)).astype(np.float32), p[k])
-  return p
-
-
-@pytest.fixture(scope="module")
-def setup():
-  m = tiny()
-  mask = keyframe_mask(m.max_objects)
-  params = {"propagator": converted_params(m)}
-  run = P.make_propagate_fn(m, fake_encode, memory_slots=SLOTS, mem_gap=GAP, length_bucket=BUCKET)
-  return m, params, mask, run
-
-
-def loop_reference(m, params, mask, frames, audio, memory_slots, mem_gap, num_objects=None):
-  """Un-jitted frame-by-frame AOT engine: long-term memory = reference + the last `memory_slots`
-  memory frames (a Python list, concatenated), short-term = previous frame re-fused with its
-  predicted mask; a memory frame every `mem_gap` frames."""
-  ap = lambda *a, method: m.apply({"params": params}, *a, method=method)
-  n_ids = m.max_objects + 1
-  a0 = audio[:, 0, None]
-  feats = ap(fake_encode(None, frames[:, 0]), a0, method=P.Propagator.embed)
-  id0 = ap(jax.nn.one_hot(mask, n_ids), a0, method=P.Propagator.id_embed)
-  _, kvs = ap(feats[3], None, id0, True, method=P.Propagator.lstt)
-  ref = short = ap(kvs, id0, method=P.Propagator.fuse)
-  mems, out = [], [np.where(np.asarray(jax.nn.one_hot(mask, n_ids)) > 0, 10.0, -10.0)]
-  for t in range(1, frames.shape[1]):
-    a = audio[:, t, None]
-    feats = ap(fake_encode(None, frames[:, t]), a, method=P.Propagator.embed)
-    long = [ref] + mems[max(0, len(mems) - memory_slots):]
-    memory = [(jnp.stack([fr[i][0] for fr in long], 1), jnp.stack([fr[i][1] for fr in long], 1),
-               jnp.ones((B, len(long)), bool), short[i][0], short[i][1]) for i in range(m.num_layers)]
-    outs, kvs = ap(feats[3], memory, None, True, method=P.Propagator.lstt)
-    logits = ap(outs, feats, (H, W), method=P.Propagator.decode)
-    if num_objects is not None:
-      logits = jnp.where(jnp.arange(n_ids) <= num_objects, logits, -1e9)
-    pred = jax.nn.one_hot(jnp.argmax(logits, -1), n_ids)
-    short = ap(kvs, ap(pred, a, method=P.Propagator.id_embed), method=P.Propagator.fuse)
-    if t % mem_gap == 0:
-      mems.append(short)
-    out.append(np.asarray(logits))
-  return np.stack(out, 1)
-
-
-def test_scan_equals_python_loop(setup):
-  """The compiled scan (ring-buffer memory, 2 slots, a write every frame: the ring wraps at
-  frame 3) equals the un-jitted per-frame loop with list memory."""
-  m, params, mask, run = setup
-  frames, audio = clip(BUCKET, seed=3)
-  got = np.asarray(run(params, mask, frames, audio))
-  want = loop_reference(m, params["propagator"], mask, frames, audio, SLOTS, GAP)
-  assert got.shape == (B, BUCKET, H, W, m.max_objects + 1)
-  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
-  assert np.isfinite(got).all()
-  np.testing.assert_array_equal(np.argmax(got[:, 0], -1), np.asarray(mask))
-
-
-def test_bucketing_and_frame_valid_share_one_compile(setup):
-  """Lengths 3 and 5 run on one executable (padded to the bucket, cut back); an invalid frame
-  leaves memory unchanged: dropping it from the clip gives the same later frames."""
-  m, params, mask, run = setup
-  frames, audio = clip(BUCKET, seed=5)
-  fv = jnp.array([[True, True, False, True, True]])
-  out = np.asarray(run(params, mask, frames, audio, fv))
-  keep = jnp.array([0, 1, 3, 4])
-  ref = np.asarray(run(params, mask, frames[:, keep], audio[:, keep]))  # T=4, padded to 5
-  assert ref.shape[1] == 4
-  np.testing.assert_allclose(out[:, 3:], ref[:, 2:], rtol=1e-4, atol=1e-4)
-  assert np.all(out[:, 2] == 0)  # invalid for the whole batch: skipped, no network run
-  short = run(params, mask, frames[:, :3], audio[:, :3])  # T=3
-  assert short.shape == (B, 3, H, W, m.max_objects + 1)
-  full = np.asarray(run(params, mask, frames, audio))  # T=5, all valid
-  np.testing.assert_allclose(np.asarray(short), full[:, :3], rtol=1e-4, atol=1e-4)
-  assert run.jitted._cache_size() == 1
-  assert [P.bucket_length(t, 32) for t in (1, 32, 33)] == [32, 32, 64]
-  assert P.bucket_length(7, 0) == 7
-
-
-def test_ids_output_and_num_objects(setup):
-  """output="ids" with num_objects=1 equals the argmax of the loop reference with ids > 1 masked."""
-  m, params, mask, _ = setup
-  frames, audio = clip(4, seed=2)
-  ids = jax.jit(lambda p, f, a, n: P.propagate_features(
-      m, p, mask, f, a, memory_slots=SLOTS, mem_gap=GAP, encode=fake_encode, output="ids",
-      num_objects=n))(params["propagator"], frames, audio, jnp.array([1]))
-  want = loop_reference(m, params["propagator"], mask, frames, audio, SLOTS, GAP, num_objects=1)
-  assert ids.shape == (B, 4, H, W) and ids.dtype == jnp.int32
-  np.testing.assert_array_equal(np.asarray(ids[:, 0]), np.asarray(mask))
-  assert np.mean(np.asarray(ids[:, 1:]) == np.argmax(want[:, 1:], -1)) > 0.999
-  assert int(ids[:, 1:].max()) <= 1
-  with pytest.raises(ValueError, match="output"):
-    P.propagate_features(m, params["propagator"], mask, frames, audio, encode=fake_encode, output="probs")
-
-
 def test_local_attention_equals_bruteforce():
   rng = np.random.default_rng(0)
   b, h, w, nh, d, md = 2, 5, 6, 2, 3, 2
@@ -153,7 +40,7 @@ def test_local_attention_equals_bruteforce():
   q, k, v = (rng.standard_normal((b, h, w, nh, d)).astype(np.float32) for _ in range(3))
   rel_k = rng.standard_normal((b, h, w, nh, win * win)).astype(np.float32)
   rel_v = rng.standard_normal((nh, d, win * win)).astype(np.float32)
-  got = np.asarray(P.local_attention(*map(jnp.asarray, (q, k, v, rel_k, rel_v)), md))
+  got = np.asarray(L.local_attention(*map(jnp.asarray, (q, k, v, rel_k, rel_v)), md))
   want = np.zeros_like(got)
   for bi in range(b):
     for y in range(h):
@@ -187,11 +74,11 @@ def test_aot_helpers_match_torch_semantics():
   px = torch.stack((px[..., 0::2].sin(), px[..., 1::2].cos()), 4).flatten(3)
   py = torch.stack((py[..., 0::2].sin(), py[..., 1::2].cos()), 4).flatten(3)
   want = torch.cat((py, px), 3)[0].numpy()
-  np.testing.assert_allclose(np.asarray(P.aot_position_embedding(h, w, f)), want, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(L.aot_position_embedding(h, w, f)), want, atol=1e-5)
   xm = np.random.default_rng(0).standard_normal((2, 4, 7, 3)).astype(np.float32)
   want = torch.nn.functional.interpolate(torch.from_numpy(xm).permute(0, 3, 1, 2), size=(9, 13),
                                          mode="bilinear", align_corners=True).permute(0, 2, 3, 1).numpy()
-  np.testing.assert_allclose(np.asarray(P.resize_align_corners(jnp.asarray(xm), (9, 13))), want, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(L.resize_align_corners(jnp.asarray(xm), (9, 13))), want, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- AOT checkpoints
@@ -288,22 +175,132 @@ def aot_state_dict(layers=2, d=32, heads=4, ffn=64, ids=3, md=2, enc=ENC, encode
 
 
 def test_aot_conversion_and_zero_effect_audio_insert():
-  """Converted AOT weights: the audio-insert model equals plain AOT (zero-init audio paths)."""
+  """Converted AOT weights: the default audio-insert model (4 levels, identity from audio,
+  learned audio tokens) equals plain AOT (INSERT_VARIANTS["aot"], no audio parameters at all)
+  on a reference pass + one propagation step, because every audio path starts at zero."""
   sd = aot_state_dict()
-  m_av = tiny(audio_insert_levels=(0, 1, 2, 3), identity_from_audio=True)
-  m_v = tiny(audio_insert_levels=(), identity_from_audio=False)
+  m_av = tiny()
+  m_v = tiny(**P.INSERT_VARIANTS["aot"])
   frames, audio = clip(2)
   mask = keyframe_mask(2)
   feats = fake_encode(None, frames[:, 0])
-  p_av = aot_convert.from_torch_state_dict(sd, init(m_av, frames, audio, mask), 2, encoder=None)["propagator"]
-  shapes_v = jax.eval_shape(lambda: init(m_v, frames, audio, mask))  # no audio params: shapes suffice
-  p_v = aot_convert.from_torch_state_dict(sd, shapes_v, 2, encoder=None)["propagator"]
+  p_av = aot_convert.from_torch_state_dict(sd, propagator_shapes(m_av, H, W), 2, encoder=None)["propagator"]
+  p_v = aot_convert.from_torch_state_dict(sd, propagator_shapes(m_v, H, W), 2, encoder=None)["propagator"]
+  assert not any(k.startswith("audio") or k == "id_audio" for k in p_v)  # plain AOT: no audio
+  assert {"audio_insert_0", "audio_insert_3", "id_audio", "audio_token_proj"} <= set(p_av)
   np.testing.assert_array_equal(p_v["layers_1"]["linear1"]["kernel"],
                                 sd["state_dict"]["module.LSTT.layers.1.linear1.weight"].T)
   oh = jax.nn.one_hot(mask, 3)
-  o_av = m_av.apply({"params": p_av}, feats, audio[:, 0, None], oh)  # reference pass + one step
-  o_v = m_v.apply({"params": p_v}, feats, audio[:, 0, None], oh)
+  run = lambda m, p: jax.jit(m.apply, compiler_options=FAST_COMPILE)({"params": p}, feats, audio[:, 0], oh)
+  o_av, o_v = run(m_av, p_av), run(m_v, p_v)  # reference pass + one propagation step
   np.testing.assert_allclose(np.asarray(o_av), np.asarray(o_v), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["learned", "paper"])
+def test_audio_insert_per_pixel_attention(mode):
+  """Default ("learned", K audio tokens): the insert's output varies over pixels and W_Q / W_K
+  get gradients; the identity-from-audio term varies over pixels. "paper" (one token, eq. 6 as
+  written): the softmax over one key is 1, the insert adds one vector to every pixel and W_Q /
+  W_K get exactly zero gradient; identity-from-audio is constant over pixels too."""
+  m = tiny(audio_insert_levels=(0, 3), identity_from_audio=True, audio_tokens=mode)
+  p = random_like(propagator_shapes(m, H, W), seed=3)
+  frames, audio = clip(1, seed=4)
+  feats, a = fake_encode(None, frames[:, 0]), audio[:, 0]
+  no_insert = jax.tree_util.tree_map(lambda x: x, p)
+  for k in ("audio_insert_0", "audio_insert_3", "id_audio"):
+    no_insert[k] = dict(p[k], projection=jax.tree_util.tree_map(np.zeros_like, p[k]["projection"]))
+  emb_fn = lambda q: m.apply({"params": q}, feats, a, method=P.Propagator.embed)
+  emb = jax.jit(emb_fn, compiler_options=FAST_COMPILE)
+  for level in (0, 3):
+    delta = np.asarray(emb(p)[level] - emb(no_insert)[level])  # [1, h, w, C]: the insert's output
+    spread = np.abs(delta - delta[:, :1, :1]).max()
+    assert np.abs(delta).max() > 1e-3
+    assert (spread > 1e-3) if mode == "learned" else (spread < 1e-5), (level, spread)
+  oh = jax.nn.one_hot(keyframe_mask(2), 3)
+  ide_fn = lambda q: m.apply({"params": q}, oh, a, method=P.Propagator.id_embed)
+  ide = jax.jit(ide_fn, compiler_options=FAST_COMPILE)
+  delta = np.asarray(ide(p) - ide(no_insert))  # [1, N, C]
+  spread = np.abs(delta - delta[:, :1]).max()
+  assert (spread > 1e-3) if mode == "learned" else (spread < 1e-5), spread
+  r = jax.random.normal(jax.random.PRNGKey(0), emb(p)[3].shape)
+  g = jax.jit(jax.grad(lambda q: jnp.sum(emb_fn(q)[3] * r) + jnp.sum(ide_fn(q))),
+              compiler_options=FAST_COMPILE)(p)
+  for k in ("audio_insert_3", "id_audio"):
+    gq, gk = (np.abs(np.asarray(g[k][n]["kernel"])).max() for n in ("query", "key"))
+    if mode == "learned":
+      assert gq > 1e-6 and gk > 1e-6, (k, gq, gk)
+    else:
+      assert gq == 0 and gk == 0, (k, gq, gk)
+
+
+def test_frame_step_id_shuffle_is_a_relabelling():
+  """AOT's id shuffle in `Propagator.frame`: object j drawn as bank entry perm[j], logits read
+  back in the original ids. It must equal the network whose ID-bank inputs and decoder outputs
+  are permuted, run without a shuffle (a reset example and a propagated one, teacher forcing on
+  the second)."""
+  m = tiny(max_objects=3)
+  p = random_like(propagator_shapes(m, H, W), seed=7)
+  frames, audio = clip(1, seed=8)
+  feats, a = fake_encode(None, jnp.concatenate([frames[:, 0]] * 2)), jnp.concatenate([audio[:, 0]] * 2)
+  mask = jnp.concatenate([keyframe_mask(3)] * 2)
+  oh = jax.nn.one_hot(mask, 4)
+  n, c = feats[3].shape[1] * feats[3].shape[2], m.d_model
+  rng = np.random.default_rng(0)
+  mem = [(jnp.asarray(rng.normal(size=(2, 3, n, c)), jnp.float32), jnp.asarray(rng.normal(size=(2, 3, n, c)), jnp.float32),
+          jnp.array([[True, True, False]] * 2), jnp.asarray(rng.normal(size=(2, n, c)), jnp.float32),
+          jnp.asarray(rng.normal(size=(2, n, c)), jnp.float32)) for _ in range(2)]
+  frame = jax.jit(lambda q, perm: m.apply({"params": q}, feats, a, mem, oh, jnp.array([True, False]),
+                                          jnp.array([3, 2]), short_onehot=oh, use_short_onehot=jnp.array([False, True]),
+                                          id_perm=perm, method=P.Propagator.frame), compiler_options=FAST_COMPILE)
+  perm = np.array([0, 3, 1, 2])
+  got = frame(p, jnp.asarray(np.stack([perm, perm])))
+  q = jax.tree_util.tree_map(lambda x: x, p)
+  q["patch_wise_id_bank"] = dict(p["patch_wise_id_bank"], kernel=p["patch_wise_id_bank"]["kernel"][:, :, perm])
+  q["decoder"] = dict(p["decoder"], conv_out={"kernel": p["decoder"]["conv_out"]["kernel"][..., perm],
+                                               "bias": p["decoder"]["conv_out"]["bias"][perm]})
+  want = frame(q, jnp.asarray(np.stack([np.arange(4)] * 2)))
+  for g, w in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-4, atol=1e-4)
+
+
+def test_insert_variants_and_config_wiring():
+  """Table 5 settings live once in the library; configs and the converter read them."""
+  from coprop_jax.utils.config import load_config
+  assert P.INSERT_VARIANTS["aot"] == dict(audio_insert_levels=(), identity_from_audio=False)
+  for name, fields in P.INSERT_VARIANTS.items():
+    for spec in (f"configs/coprop.py:insert={name}", f"configs/propagator_ablation.py:insert={name}"):
+      c = load_config(spec)
+      assert (tuple(c.propagator.audio_insert_levels), c.propagator.identity_from_audio) == \
+          (fields["audio_insert_levels"], fields["identity_from_audio"]), spec
+  for ds in ("s4", "ms3", "avss"):
+    assert load_config(f"configs/coprop.py:dataset={ds}").propagator.max_objects == 10
+  with pytest.raises(ValueError, match="audio_tokens"):
+    propagator_shapes(tiny(audio_tokens="many"), H, W)
+
+
+def test_load_aot_weights_keeps_the_id_bank_and_the_audio_params():
+  """Stage-2 init from a converted AOT checkpoint: every AOT weight (ID bank included) replaces
+  the initial value, the audio parameters keep theirs; an ID bank of another size is an error
+  naming max_objects."""
+  from configs.base import get_base_config
+  from coprop_jax import pipeline as PL
+  from coprop_jax.convert.checkpoint_io import CheckpointError
+  cfg = get_base_config()
+  p = cfg.propagator
+  p.num_layers, p.d_model, p.num_heads, p.ffn_dim, p.local_max_dis, p.max_objects = 2, 32, 4, 64, 2, 2
+  shapes = propagator_shapes(P.from_config(p), H, W)
+  mine = {"keyframe": {}, "propagator": random_like(shapes, seed=5), "encoder": {}}
+  sd = aot_state_dict(ids=3)
+  aot = dict(aot_convert.from_torch_state_dict(sd, shapes, 2, encoder=None), encoder={})
+  got = PL.load_aot_weights(cfg, mine, aot)["propagator"]
+  np.testing.assert_array_equal(got["patch_wise_id_bank"]["kernel"],
+                                np.transpose(sd["state_dict"]["module.patch_wise_id_bank.weight"], (2, 3, 1, 0)))
+  np.testing.assert_array_equal(got["audio_insert_0"]["query"]["kernel"],
+                                mine["propagator"]["audio_insert_0"]["query"]["kernel"])
+  p.max_objects = 10
+  big = {"keyframe": {}, "propagator": random_like(propagator_shapes(P.from_config(p), H, W)), "encoder": {}}
+  with pytest.raises(CheckpointError, match="set propagator.max_objects=10"):
+    PL.load_aot_weights(cfg, big, aot)
 
 
 @pytest.mark.parametrize("encoder", ["mobilenet_v2", "resnet50"])
@@ -351,37 +348,31 @@ def test_build_encoder_shapes_and_errors():
     P.build_encoder(cfg)
 
 
-@pytest.mark.slow  # real MobileNetV2 compile on CPU
-def test_propagate_from_config_real_encoder():
-  cfg = get_propagator_config()
-  cfg.num_layers, cfg.length_bucket = 1, 4
-  params = P.init(cfg, jax.random.PRNGKey(0), (64, 64))
-  model, _, run = P.make_propagate_fn_from_config(cfg)
-  frames = jax.random.randint(jax.random.PRNGKey(1), (1, 3, 64, 64, 3), 0, 255).astype(jnp.uint8)
-  out = run(params, keyframe_mask(1), frames, jnp.zeros((1, 3, 128)))
-  assert out.shape == (1, 3, 64, 64, 2) and bool(jnp.isfinite(out).all())
-
-
 @pytest.mark.slow  # ~2 min on the shared 2-core box (BPTT + remat compile)
 def test_gradients_reach_every_parameter():
+  """Training forward of the scan (drop-path, remat, a reset mid-clip): every parameter gets a
+  gradient once the zero-initialised output projections are perturbed."""
+  from coprop_jax import propagation
   m = tiny(audio_insert_levels=(0, 3), identity_from_audio=True)
-  frames, audio = clip(3)
+  frames, audio = clip(4)
   mask = keyframe_mask(m.max_objects)
-  params = init(m, frames, audio, mask)
+  params = jax.jit(lambda r: P.init_params(m, r, fake_encode(None, frames[:, 0]), audio[:, 0],
+                                           jax.nn.one_hot(mask, 3)))(jax.random.PRNGKey(1))
   # Zero-init outputs block gradients to the parameters behind them at init; perturb them so
   # every parameter is reachable (at the exact zero-init only the projections themselves get grads).
   params = jax.tree_util.tree_map_with_path(
-      lambda path, x: x + 0.05 if any(getattr(k, "key", "") in ("projection", "id_audio", "relative_emb_v")
+      lambda path, x: x + 0.05 if any(getattr(k, "key", "") in ("projection", "relative_emb_v")
                                       for k in path) else x, params)
-  target = jax.nn.one_hot(jnp.broadcast_to(mask[:, None], (B, 3, H, W)), m.max_objects + 1)
-  # Two audio tokens per frame: with a single token the audio softmax is constant 1, so the audio
-  # query/key projections get exactly zero gradient (expected, not a bug).
-  audio = jnp.stack([audio, 0.5 * audio + 1.0], axis=2)
+  kf = jnp.broadcast_to(mask[:, None], (B, 4, H, W))
+  target = jax.nn.one_hot(kf, m.max_objects + 1)
+  is_kf = jnp.array([[True, False, True, False]])
 
   def loss(p):
-    lg = P.propagate_features(m, p, mask, frames, audio, memory_slots=2, mem_gap=1, train=True,
-                              rng=jax.random.PRNGKey(3), remat=True, encode=fake_encode)
-    return -jnp.mean(jnp.sum(jax.nn.log_softmax(lg[:, 1:]) * target[:, 1:], -1))
+    out = propagation.propagate(m, {"propagator": p}, frames, kf, is_kf, jnp.full((B, 4), 2),
+                                encode=fake_encode, audio_embed=audio, memory_slots=2, mem_gap=1,
+                                train=True, rng=jax.random.PRNGKey(3), remat=True, return_logits=True)
+    lg = out["logits"][:, jnp.array([1, 3])]
+    return -jnp.mean(jnp.sum(jax.nn.log_softmax(lg) * target[:, jnp.array([1, 3])], -1))
 
   g = jax.jit(jax.grad(loss))(params)
   flat = jax.tree_util.tree_flatten_with_path(g)[0]
@@ -398,8 +389,8 @@ def test_aot_cli_infers_config_and_converts(tmp_path, capsys):
   sd = aot_state_dict(layers=2, d=32, heads=4, ffn=64, ids=3, md=2,
                       enc=P.ENCODER_CHANNELS["mobilenet_v2"], encoder="mobilenet_v2")
   cfg = aot_convert.infer_config(sd, insert="1layer")
-  assert (cfg.encoder, cfg.num_layers, cfg.d_model, cfg.num_heads, cfg.ffn_dim, cfg.max_objects,
-          cfg.local_max_dis, tuple(cfg.audio_insert_levels)) == ("mobilenet_v2", 2, 32, 4, 64, 2, 2, (3,))
+  assert cfg == dict(encoder="mobilenet_v2", num_layers=2, d_model=32, num_heads=4, ffn_dim=64,
+                     max_objects=2, local_max_dis=2, audio_insert_levels=(3,), identity_from_audio=True)
   src = tmp_path / "aot.pth"
   torch.save({"state_dict": {k: torch.from_numpy(v) for k, v in sd["state_dict"].items()}}, src)
   assert main(["aot", "--src", str(src), "--out", str(tmp_path / "out"), "--variant", "1layer"]) == 0

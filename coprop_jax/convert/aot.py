@@ -1,8 +1,8 @@
 """aot-benchmark checkpoint -> Propagator params (REFERENCE section 2 key families).
 
 Every source key under the propagator families is consumed, every target parameter filled and
-shape-checked. Audio-insert / identity-from-audio parameters do not exist in AOT: they keep their
-zero-effect initialisation (zero output projections), so the converted network equals AOT.
+shape-checked. Audio parameters (insert, identity-from-audio, audio tokens) do not exist in AOT: they
+keep their zero-effect initialisation (zero output projections), so the converted network equals AOT.
 `encoder.*` keys go to `coprop_jax.convert.mobilenet_v2.convert` (AOT-L and smaller) or
 `coprop_jax.convert.resnet.convert_aot` (R50-AOTL: conv1..layer3, no layer4); with `encoder=None`
 they are skipped explicitly. `num_batches_tracked` buffers and the unused `LSTT.mask_token`
@@ -17,7 +17,7 @@ import jax
 import numpy as np
 
 from coprop_jax.convert.checkpoint_io import (CheckpointError, SourceDict, check_params_match, conv,
-                                              linear, strip_prefixes)
+                                              linear)
 
 
 def _unwrap(sd: Mapping[str, Any]) -> dict:
@@ -141,21 +141,20 @@ def report(state_dict: Mapping[str, Any]) -> str:
   return "\n".join(f"{f}: {n} tensors" for f, n in sorted(fam.items()))
 
 
-def infer_config(state_dict: Mapping[str, Any], insert: str = "4layer"):
-  """The `config.propagator` an AOT checkpoint fits, read off its key names and shapes.
+def infer_config(state_dict: Mapping[str, Any], insert: str = "4layer") -> dict:
+  """The `config.propagator` fields an AOT checkpoint fixes, read off its key names and shapes.
 
+  Returns a dict to apply to a `config.propagator` (e.g. `cfg.propagator.update(fields)`):
   num_layers (count of `LSTT.layers.*`), encoder (`encoder.features.*` -> mobilenet_v2,
   `encoder.layer1.*` -> resnet50), d_model / max_objects (id bank [d, ids, 17, 17]), num_heads
-  (relative_emb_v [heads, d/heads, W2]), local_max_dis (W2 = (2 md + 1)^2), ffn_dim (linear1);
-  `insert` ("aot" | "1layer" | "4layer") sets audio_insert_levels / identity_from_audio.
+  (relative_emb_v [heads, d/heads, W2]), local_max_dis (W2 = (2 md + 1)^2), ffn_dim (linear1),
+  and audio_insert_levels / identity_from_audio from `insert` (paper Table 5,
+  `propagator.INSERT_VARIANTS`: "aot" | "1layer" | "4layer").
   Raises CheckpointError naming the key it needed when the dict is not an AOT checkpoint.
   """
-  from configs.parts.propagator import get_propagator_config
-  # Paper Table 5 settings; the added audio parameters start with zero output projections, so
-  # all three compute what AOT computes.
-  from configs.propagator_ablation import INSERTS
-  if insert not in INSERTS:
-    raise CheckpointError(f"AOT converter: insert must be one of {sorted(INSERTS)}, got {insert!r}")
+  from coprop_jax.models.propagator import INSERT_VARIANTS
+  if insert not in INSERT_VARIANTS:
+    raise CheckpointError(f"AOT converter: insert must be one of {sorted(INSERT_VARIANTS)}, got {insert!r}")
   sd = _unwrap(state_dict)
 
   def need(key):
@@ -179,34 +178,30 @@ def infer_config(state_dict: Mapping[str, Any], insert: str = "4layer"):
   else:
     raise CheckpointError("AOT checkpoint: no encoder.features.* (MobileNetV2) or encoder.layer1.* "
                           "(ResNet-50) keys; cannot tell the encoder")
-  cfg = get_propagator_config()
-  cfg.encoder, cfg.num_layers, cfg.d_model, cfg.num_heads = encoder, len(layers), int(d), int(heads)
-  cfg.ffn_dim = int(need("LSTT.layers.0.linear1.weight")[0])
-  cfg.max_objects, cfg.local_max_dis = int(ids) - 1, md
-  levels, from_audio = INSERTS[insert]
-  cfg.audio_insert_levels, cfg.identity_from_audio = levels, from_audio
-  return cfg
+  return dict(encoder=encoder, num_layers=len(layers), d_model=int(d), num_heads=int(heads),
+              ffn_dim=int(need("LSTT.layers.0.linear1.weight")[0]), max_objects=int(ids) - 1,
+              local_max_dis=md, **INSERT_VARIANTS[insert])
 
 
 def load(state_dict: Mapping[str, Any], insert: str = "4layer", rng=None):
-  """AOT checkpoint dict -> (config.propagator, {"propagator", "encoder"} variables).
+  """AOT checkpoint dict -> (config.propagator fields (`infer_config`), {"propagator", "encoder"}).
 
-  The configuration is inferred (`infer_config`); parameters AOT lacks (audio insert,
-  identity-from-audio) take `propagator.init`'s values, whose zero output projections make the
-  converted model compute exactly what AOT computes.
+  Parameters AOT lacks (audio insert, identity-from-audio, audio tokens) take the Propagator's
+  initial values (other fields at the module defaults, e.g. audio_tokens="learned"), whose zero
+  output projections make the converted model compute exactly what AOT computes.
   """
   import jax.numpy as jnp
   from coprop_jax.models import propagator
-  cfg = infer_config(state_dict, insert)
+  fields = infer_config(state_dict, insert)
   rng = jax.random.PRNGKey(0) if rng is None else rng
-  model = propagator.from_config(cfg)
-  enc_module, _ = propagator.build_encoder(cfg)
+  model = propagator.Propagator(**{k: v for k, v in fields.items() if k != "encoder"})
+  enc_module, _ = propagator.encoder_by_name(fields["encoder"])
   hw = 32  # parameters do not depend on the image size; small keeps the init compile short
   feats = [jnp.zeros((1, hw // s, hw // s, c)) for s, c in
-           zip((4, 8, 16, 16), propagator.ENCODER_CHANNELS[cfg.encoder])]
-  mask = jnp.zeros((1, hw, hw, cfg.max_objects + 1))
-  params = jax.jit(lambda r: propagator.init_params(model, r, feats, jnp.zeros((1, 1, 128)), mask))(rng)
+           zip((4, 8, 16, 16), propagator.ENCODER_CHANNELS[fields["encoder"]])]
+  mask = jnp.zeros((1, hw, hw, model.max_objects + 1))
+  params = jax.jit(lambda r: propagator.init_params(model, r, feats, jnp.zeros((1, 128)), mask))(rng)
   # The encoder's weights all come from the checkpoint: its shapes suffice for the check.
   enc_shapes = jax.eval_shape(enc_module.init, rng, jnp.zeros((1, hw, hw, 3)))
-  return cfg, from_torch_state_dict(state_dict, params, cfg.num_layers, encoder=cfg.encoder,
-                                    init_encoder=enc_shapes)
+  return fields, from_torch_state_dict(state_dict, params, model.num_layers, encoder=fields["encoder"],
+                                       init_encoder=enc_shapes)

@@ -15,6 +15,7 @@ from typing import Any, Callable, Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Dtype = Any
 Array = jax.Array
@@ -200,7 +201,7 @@ def sine_position_embedding_2d(height: int, width: int, num_pos_feats: int = 128
   Positions are 1..H / 1..W (DETR's cumsum of an all-ones mask); with `normalize` they are divided
   by H / W (+1e-6) and multiplied by `scale`. Channel order is (y features, x features), each
   interleaving sin/cos like DETR. Used by the Keyframe Processor. `zero_based=True` is AOT's
-  variant (positions 0..H-1 divided by H-1; `coprop_jax.models.propagator.aot_position_embedding`),
+  variant (positions 0..H-1 divided by H-1; `aot_position_embedding` below),
   which the propagator must use to match AOT checkpoints.
   """
   first = 0 if zero_based else 1
@@ -248,3 +249,74 @@ def depthwise_shift(x, kernel, stride: int = 1, dilation: int = 1, pad: int = 1,
 def count_params(params: Any) -> int:
   """Number of scalars in a parameter pytree (works on `jax.eval_shape` outputs too)."""
   return int(sum(math.prod(p.shape) for p in jax.tree_util.tree_leaves(params)))
+
+
+# ----------------------------------------------------------------------------- AOT kernels
+# Used by the propagator (coprop_jax/models/propagator.py); semantics as aot-benchmark's.
+NEG_INF = -1e9  # logit of a masked key / slot (exp underflows to exactly 0 in float32)
+
+
+def aot_position_embedding(h: int, w: int, num_pos_feats: int = 128,
+                           temperature: float = 10000.0) -> Array:
+  """AOT PositionEmbeddingSine(normalize=True) -> [h, w, 2*num_pos_feats].
+
+  Unlike DETR (cumsum, 1..h over h) AOT uses coordinates 0..h-1 divided by (h-1 + 1e-6), times 2*pi;
+  channels are (y, x) features, each interleaving sin/cos.
+  """
+  return sine_position_embedding_2d(h, w, num_pos_feats, temperature, zero_based=True)
+
+
+def _interp_matrix(n_out: int, n_in: int) -> Array:
+  """[n_out, n_in] bilinear weights with align_corners=True (torch F.interpolate semantics)."""
+  if n_in == 1 or n_out == 1:
+    return jnp.zeros((n_out, n_in), jnp.float32).at[:, 0].set(1.0)
+  src = jnp.arange(n_out, dtype=jnp.float32) * ((n_in - 1) / (n_out - 1))
+  lo = jnp.clip(jnp.floor(src).astype(jnp.int32), 0, n_in - 2)
+  frac = src - lo
+  return (jax.nn.one_hot(lo, n_in) * (1 - frac)[:, None] + jax.nn.one_hot(lo + 1, n_in) * frac[:, None])
+
+
+def resize_align_corners(x: Array, out_hw) -> Array:
+  """Bilinear resize of [B, h, w, C] to [B, *out_hw, C] with align_corners=True (AOT's setting)."""
+  mh = _interp_matrix(out_hw[0], x.shape[1]).astype(x.dtype)
+  mw = _interp_matrix(out_hw[1], x.shape[2]).astype(x.dtype)
+  return jnp.einsum("oh,bhwc,pw->bopc", mh, x, mw)
+
+
+def local_attention(q: Array, k: Array, v: Array, rel_k: Array, rel_v: Array, max_dis: int) -> Array:
+  """Windowed attention of each query over a (2*max_dis+1)^2 window of k/v (AOT short-term).
+
+  q, k, v: [B, h, w, H, D] (q already scaled); rel_k: [B, h, w, H, W2] relative-position logits;
+  rel_v: [H, D, W2] relative value bias. Window positions outside the image are masked.
+  Implemented as one gather of the W2 shifted copies of the zero-padded k/v (no identity-kernel
+  convolution, no (hw x hw) matrix).
+  Returns [B, h, w, H, D].
+  """
+  h, w = q.shape[1:3]
+  win = 2 * max_dis + 1
+  dy, dx = np.divmod(np.arange(win * win), win)  # window index j = dy*win + dx (torch unfold order)
+  oy = np.arange(h)[:, None, None] + dy[None, None, :]  # [h, 1, W2] rows in the padded map
+  ox = np.arange(w)[None, :, None] + dx[None, None, :]  # [1, w, W2]
+  valid = ((oy >= max_dis) & (oy < h + max_dis)) & ((ox >= max_dis) & (ox < w + max_dis))  # [h,w,W2]
+
+  def patches(x):  # [B,h,w,H,D] -> [B,h,w,W2,H,D]: one gather of W2 shifted copies, no matmul
+    xp = jnp.pad(x, ((0, 0), (max_dis, max_dis), (max_dis, max_dis), (0, 0), (0, 0)))
+    return xp[:, oy, ox]
+
+  kp, vp = patches(k), patches(v)
+  logits = jnp.einsum("bhwnd,bhwknd->bhwnk", q, kp).astype(jnp.float32) + rel_k.astype(jnp.float32)
+  logits = jnp.where(jnp.asarray(valid)[None, :, :, None, :], logits, NEG_INF)
+  attn = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  out = jnp.einsum("bhwnk,bhwknd->bhwnd", attn, vp)
+  return out + jnp.einsum("bhwnk,ndk->bhwnd", attn, rel_v.astype(v.dtype))
+
+
+def memory_attention(q: Array, k: Array, v: Array, valid: Array) -> Array:
+  """Attention over a slot memory (AOT long-term). q: [B,N,H,D] (scaled); k/v: [B,S,N,H,D];
+  valid: [B,S] bool (invalid slots get NEG_INF logits). Returns [B,N,H,D]."""
+  b, s, n, nh, d = k.shape
+  logits = jnp.einsum("bqhd,bsnhd->bhqsn", q, k).astype(jnp.float32)
+  logits = jnp.where(valid[:, None, None, :, None], logits, NEG_INF)
+  logits = logits.reshape(b, nh, q.shape[1], s * n)
+  attn = jax.nn.softmax(logits, axis=-1).astype(v.dtype).reshape(b, nh, q.shape[1], s, n)
+  return jnp.einsum("bhqsn,bsnhd->bqhd", attn, v)
