@@ -75,11 +75,39 @@ def make_dataset(seed: int, num_clips: int, **kw) -> list[dict]:
   return [make_clip(rng, **kw) for _ in range(num_clips)]
 
 
-def iterate_batches(clips: list[dict], batch: int, seed: int = 0):
-  """Endless shuffled batches from a fixed clip list."""
-  rng = np.random.default_rng(seed)
-  while True:
-    idx = rng.permutation(len(clips))
-    for i in range(0, len(idx) - batch + 1, batch):
-      sel = [clips[j] for j in idx[i:i + batch]]
-      yield {k: np.stack([c[k] for c in sel]) for k in sel[0]}
+class ClipBatches:
+  """Endless shuffled batches from a fixed clip list, checkpointable like a grain iterator.
+
+  Each epoch visits the clips in the order of a permutation drawn from (seed, epoch), so the
+  position is just (epoch, index): `get_state()` returns it as a JSON-able dict and
+  `set_state(state)` jumps back to it, which is what exact resume needs. Batches are dicts of
+  numpy arrays [B, ...] (a remainder smaller than a batch is dropped each epoch).
+  """
+
+  def __init__(self, clips: list[dict], batch: int, seed: int = 0):
+    if batch > len(clips):
+      raise ValueError(f"toy data: batch {batch} > {len(clips)} clips")
+    self.clips, self.batch, self.seed = clips, batch, seed
+    self.epoch, self.index = 0, 0
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    if self.index + self.batch > len(self.clips):
+      self.epoch, self.index = self.epoch + 1, 0
+    order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.clips))
+    sel = [self.clips[j] for j in order[self.index:self.index + self.batch]]
+    self.index += self.batch
+    return {k: np.stack([c[k] for c in sel]) for k in sel[0]}
+
+  def get_state(self) -> dict:
+    return dict(epoch=self.epoch, index=self.index, seed=self.seed, num_clips=len(self.clips),
+                batch=self.batch)
+
+  def set_state(self, state: dict) -> None:
+    mine = dict(seed=self.seed, num_clips=len(self.clips), batch=self.batch)
+    saved = {k: state.get(k) for k in mine}
+    if saved != mine:
+      raise ValueError(f"toy data iterator state {saved} does not fit this iterator {mine}")
+    self.epoch, self.index = int(state["epoch"]), int(state["index"])

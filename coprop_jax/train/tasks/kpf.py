@@ -1,13 +1,15 @@
-"""Stage-1 training of the Keyframe Processor: all frames, then keyframes only.
+"""Stage 1: the Keyframe Processor, on all frames (`kpf`) or on keyframes only (`kpf_finetune`).
 
 Batches are clip batches in the shared vocabulary ([B, T, ...]); frames are flattened to N = B*T
 inside the step, so shapes stay fixed. Frames without GT or padded (gt_valid & frame_valid false)
-get weight 0; with `keyframes_only` frames whose control point is not 1 also get weight 0, so the
-fine-tune's gradients come from keyframes only.
+get weight 0. The keyframe-only fine-tune (paper section 3.3: "fine-tuned exclusively on this
+subset") is applied to the host batches (`restrict_to_keyframes`: gt_valid &= control point), so
+both stages compile the same step. Evaluation: AVSBench J/F (binary) or mIoU/F (AVSS) over all
+frames with GT and over keyframes only (`*_keyframes`), one video per metric batch as AVSBench.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +18,8 @@ import numpy as np
 from coprop_jax.images import normalize_uint8
 from coprop_jax.models import keyframe as kf
 from coprop_jax.train import losses
-from coprop_jax.train.state import TrainState, make_optimizer
+from coprop_jax.train.tasks.base import Task, mask_panel
+
 
 def flatten_frames(batch: dict) -> dict:
   """[B, T, ...] arrays -> [B*T, ...]; uint8 frames are normalised (ImageNet mean/std)."""
@@ -43,12 +46,15 @@ def restrict_to_keyframes(batch: dict) -> dict:
 
 def make_loss_fn(model: kf.KeyframeProcessor, tc: Any, keyframes_only: bool,
                  audio_mode: str = "normal"):
-  """loss_fn(params, extra, batch, rng) -> (loss, aux). audio_mode: "normal", "zero" (audio-blind
-  control) or "shuffle" (audio of another clip in the batch)."""
-  w1 = float(tc.loss.get("bce_weight", 1.0))
-  w2 = float(tc.loss.get("iou_weight", 1.0))
+  """loss_fn(params, extra, batch, rng, step) -> (loss, aux). `tc` = config.train (its `loss`
+  weights: BCE + IoU for binary, CE + Dice for semantic). audio_mode: "normal", "zero"
+  (audio-blind control) or "shuffle" (audio of another clip in the batch). `step` is unused: the
+  KPF loss does not change during training."""
+  w1 = float(tc.loss.bce_weight)
+  w2 = float(tc.loss.iou_weight)
 
-  def loss_fn(params, extra, batch, rng):
+  def loss_fn(params, extra, batch, rng, step):
+    del step
     f = flatten_frames(batch)
     logits = model.apply({"params": params, **extra}, f["frames"], **_audio(f, audio_mode, rng),
                          train=True, rngs={"dropout": rng})
@@ -82,27 +88,7 @@ def corrupt_audio(audio: jax.Array, mode: str, rng: jax.Array) -> jax.Array:
   raise ValueError(f"audio_mode: unknown {mode!r}; expected normal, zero or shuffle")
 
 
-def init_state(model: kf.KeyframeProcessor, tc: Any, sample_batch: dict, seed: int = 0,
-               compiler_options: Optional[dict] = None) -> TrainState:
-  """Initialise params (from one sample batch's shapes) and the optimizer. With a frozen VGGish
-  (`model.freeze_vggish` and log-mel audio) its params get no optimizer state or updates."""
-  f = flatten_frames({k: v[:1] for k, v in sample_batch.items() if hasattr(v, "shape")
-                      and v.dtype.kind not in "OSU"})
-  key = jax.random.PRNGKey(seed)
-  frames = jnp.asarray(f["frames"])
-  audio = {k: jnp.asarray(v) for k, v in _audio(f, "normal", key).items()}
-  frozen = ("vggish",) if model.freeze_vggish and "audio_logmel" in audio else ()
-  tx = make_optimizer(tc, frozen)
-
-  def make(k, frames, audio):  # one program: params, other collections and optimizer state
-    variables = dict(model.init(k, frames, **audio))
-    params = variables.pop("params")
-    return TrainState.create(params, tx, extra=variables, rng=jax.random.fold_in(k, 1))
-
-  return jax.jit(make, compiler_options=compiler_options)(key, frames, audio)
-
-
-def load_pretrained(state: TrainState, kc: Any) -> TrainState:
+def load_pretrained(state: Any, kc: Any) -> Any:
   """`state` with converted encoder weights put in place (Orbax checkpoints written by
   `python -m coprop_jax.convert`; `kc` = `config.keyframe`).
 
@@ -145,36 +131,110 @@ def load_pretrained(state: TrainState, kc: Any) -> TrainState:
   return state.replace(params=params, extra=extra)
 
 
-def make_predict_fn(model: kf.KeyframeProcessor, audio_mode: str = "normal",
-                    compiler_options: Optional[dict] = None):
-  """jit(predict)(params, extra, batch) -> logits [B, T, H, W, C]."""
-
-  def predict(params, extra, batch):
-    f = flatten_frames(batch)
-    logits = model.apply({"params": params, **extra}, f["frames"],
-                         **_audio(f, audio_mode, jax.random.PRNGKey(0)))
-    b, t = batch["frames"].shape[:2]
-    return logits.reshape((b, t) + logits.shape[1:])
-
-  return jax.jit(predict, compiler_options=compiler_options)
+def predict(model: kf.KeyframeProcessor, params: Any, extra: Any, batch: dict,
+            audio_mode: str = "normal") -> jax.Array:
+  """Evaluation forward pass (no drop-path). batch [B, T, ...] -> logits [B, T, H, W, C]."""
+  f = flatten_frames(batch)
+  logits = model.apply({"params": params, **extra}, f["frames"],
+                       **_audio(f, audio_mode, jax.random.PRNGKey(0)))
+  b, t = batch["frames"].shape[:2]
+  return logits.reshape((b, t) + logits.shape[1:])
 
 
-def evaluate(predict, params, extra, batches, num_classes: int, keyframes_only: bool = False,
-             eval_batch_frames: Optional[int] = None) -> dict:
-  """AVSBench metrics over `batches` (each clip is one metric batch, as AVSBench's one-video
-  batches). Frames without GT / padded (and non-keyframes if keyframes_only) are skipped."""
-  from coprop_jax.eval import metrics
-  meter = metrics.BinaryMeter() if num_classes == 1 else metrics.SemanticMeter(num_classes)
-  for batch in batches:
-    arrays = {k: v for k, v in batch.items() if getattr(v, "dtype", np.dtype("O")).kind not in "OSU"}
-    logits = np.asarray(predict(params, extra, arrays))
-    for i in range(logits.shape[0]):
-      valid = batch["gt_valid"][i] & batch["frame_valid"][i]
-      if keyframes_only:
-        valid = valid & (batch["control_points"][i] == 1)
-      if not valid.any():
-        continue
-      lg = logits[i][..., 0] if num_classes == 1 else logits[i]
-      meter.add(lg[valid], batch["masks"][i][valid])
-  del eval_batch_frames
-  return meter.result()
+class KpfTask(Task):
+  """Stage 1, all frames: every frame with GT trains the KPF (config.keyframe, config.train.loss).
+
+  Metrics: binary `J`, `F` (AVSBench, one video per batch), semantic `mIoU`, `F` (plus what
+  `coprop_jax.eval.metrics.SemanticMeter` adds), each also over keyframes only (`*_keyframes`).
+  """
+  name = "kpf"
+  keyframes_only = False
+
+  def __init__(self, config: Any, audio_mode: str = "normal"):
+    super().__init__(config)
+    self.model = self.build_model()
+    self.num_classes = int(config.keyframe.num_classes)
+    self.audio_mode = audio_mode
+    main = "J" if self.num_classes == 1 else "mIoU"
+    self.metric_names = (main, "F", f"{main}_keyframes", "F_keyframes")
+    self.default_best_metric = f"{main}_keyframes" if self.keyframes_only else main
+    self._loss = make_loss_fn(self.model, config.train, False, audio_mode)
+
+  def build_model(self) -> Any:
+    """The network (a Linen module called like `KeyframeProcessor`)."""
+    return kf.from_config(self.config.keyframe)
+
+  def prepare_batch(self, batch: dict) -> dict:
+    return restrict_to_keyframes(batch) if self.keyframes_only else batch
+
+  def init_variables(self, batch: dict, rng: jax.Array) -> tuple[Any, Any]:
+    f = flatten_frames({k: v[:1] for k, v in batch.items()})   # one clip: shapes only
+    variables = dict(self.model.init(rng, f["frames"], **_audio(f, "normal", rng)))
+    params = variables.pop("params")
+    return params, variables
+
+  def trainable(self, params: Any) -> Any:
+    # A frozen VGGish (keyframe.freeze_vggish, log-mel audio) gets no updates and no moments.
+    if "vggish" in params and getattr(self.model, "freeze_vggish", False):
+      return {k: k != "vggish" for k in params}
+    return None
+
+  def loss_fn(self, params, extra, batch, rng, step):
+    return self._loss(params, extra, batch, rng, step)
+
+  def load_pretrained(self, state: Any) -> tuple[Any, list[str]]:
+    kc = self.config.keyframe
+    loaded = [f"keyframe.{k} <- {kc[k]}" for k in ("backbone_weights", "vggish_weights") if kc[k]]
+    return (load_pretrained(state, kc) if loaded else state), loaded
+
+  def predict(self, params, extra, batch):
+    return predict(self.model, params, extra, batch, self.audio_mode)
+
+  def evaluate(self, predict_fn: Callable[[dict], np.ndarray], batches: Iterable[dict],
+               num_images: int = 0) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    from coprop_jax.eval import metrics
+    ec = self.config.eval
+
+    def meter():
+      if self.num_classes == 1:
+        return metrics.BinaryMeter(ec.f_num_thresholds, ec.f_beta2)
+      return metrics.SemanticMeter(self.num_classes, ec.f_beta2)
+
+    every, keys = meter(), meter()
+    n_every = n_keys = 0
+    images = {}
+    for batch in batches:
+      logits = np.asarray(predict_fn(batch))
+      for i in range(logits.shape[0]):
+        valid = np.asarray(batch["gt_valid"][i], bool) & np.asarray(batch["frame_valid"][i], bool)
+        key = valid & (np.asarray(batch["control_points"][i]) == 1)
+        lg = logits[i][..., 0] if self.num_classes == 1 else logits[i]
+        masks = np.asarray(batch["masks"][i])
+        # Each clip is one metric batch (AVSBench: one video per batch); frames are selected
+        # with `valid` masks (not by indexing), so every clip has the same shapes.
+        if valid.any():
+          every.add(lg, masks, valid)
+          n_every += 1
+        if key.any():
+          keys.add(lg, masks, key)
+          n_keys += 1
+        if len(images) < num_images:
+          pred = (lg > 0).astype(np.int32) if self.num_classes == 1 else lg.argmax(-1)
+          vid = batch.get("video_id")
+          name = str(vid[i]) if vid is not None else f"clip{len(images)}"
+          images[name] = mask_panel(batch["frames"][i], masks, pred, self.num_classes)
+    if not n_every:
+      raise ValueError("KPF evaluation: no frame with GT in the evaluation split")
+    out = {k: float(v) for k, v in every.result().items() if k != "num_batches"}
+    if n_keys:
+      out.update({f"{k}_keyframes": float(v) for k, v in keys.result().items()
+                  if k != "num_batches"})
+    out["num_videos"] = float(n_every)
+    return out, images
+
+
+class KpfFinetuneTask(KpfTask):
+  """Stage 1, keyframe fine-tune: only keyframes (control point 1) carry loss weight. Start it
+  from the all-frames run with `train.init_from`. Keep-best default: the keyframe metric."""
+  name = "kpf_finetune"
+  keyframes_only = True
