@@ -238,3 +238,24 @@ def test_train_step_skips_nonfinite_updates():
   assert int(s.nonfinite_step) == 2
   for k in ("step", "params", "opt_state", "rng"):
     assert_same(getattr(after, k), getattr(before, k))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage,dataset", [("pixel", "ms3"), ("kpf", "toy")])
+def test_kill_and_resume_exact_for_every_data_source(stage, dataset, tmp_path, xla_cache):
+  """As the default test, for the grain pipeline (synthetic MS3 tree -> TFDS -> grain, built
+  under each workdir) and for the real KPF on toy data."""
+  config = f"{th.ROOT}/configs/coprop.py:dataset={dataset},runlocal=True"
+  args = [*BASE, f"train.stage={stage}", "data.synthetic.num_videos=10"]
+  ref = tmp_path / "ref"
+  r = th.run_cli(ref, *args, config=config, xla_cache=xla_cache)
+  assert r.returncode == 0, r.stderr[-3000:]
+  wd = tmp_path / "run"
+  r = th.run_cli(wd, *args, config=config, env=dict(COPROP_TEST_KILL_AFTER_SAVE="4"),
+                 xla_cache=xla_cache)
+  assert r.returncode == -9, r.stderr[-3000:]
+  r = th.run_cli(wd, *args, config=config, xla_cache=xla_cache)
+  assert r.returncode == 0 and "resumed from step 4" in r.stderr, r.stderr[-3000:]
+  if dataset != "toy":
+    assert "reusing synthetic ms3 tree" in r.stderr
+  assert_same(final_params(wd), final_params(ref))
