@@ -288,6 +288,48 @@ def test_short_keyframe_finetune_reduces_loss(kf_finetune):
   assert np.mean(loss[-10:]) < 0.6 * np.mean(loss[:10]), loss
 
 
+def _binary_j_reference(logits, masks, valid):
+  """AVSBench J from its definition: per frame |pred & gt| / |pred | gt| with pred = logit > 0
+  (an empty GT frame scores its true-negative fraction); mean over the clip's valid frames."""
+  js = []
+  for lg, m, v in zip(logits, masks, valid):
+    if not v:
+      continue
+    p, g = lg > 0, m > 0
+    js.append((~p & ~g).mean() if not g.any() else (p & g).sum() / ((p | g).sum() + 1e-7))
+  return float(np.mean(js))
+
+
+def test_kpf_evaluate_matches_definition_on_all_frames_and_keyframes(rng):
+  """KpfTask.evaluate: one clip per metric batch, frames without GT skipped, keyframes apart;
+  J against a numpy reference; mask pictures frame | GT | prediction."""
+  _, task = _toy_task("data.synthetic.num_videos=4")
+  clips = toy_data.make_dataset(0, 3, size=32, frames=5)
+  clips[1]["gt_valid"][3] = False                    # a frame without GT is not scored
+  batches = [dict({k: v[None] for k, v in c.items()}, video_id=np.array([f"v{i}"]))
+             for i, c in enumerate(clips)]
+  logits = {f"v{i}": rng.normal(0, 1, (1, 5, 32, 32, 1)).astype(np.float32) + 0.3
+            for i in range(3)}
+  res, images = task.evaluate(lambda b: logits[str(b["video_id"][0])], batches, num_images=2)
+  want = np.mean([_binary_j_reference(logits[f"v{i}"][0, ..., 0], c["masks"], c["gt_valid"])
+                  for i, c in enumerate(clips)])
+  key = np.mean([_binary_j_reference(logits[f"v{i}"][0, ..., 0], c["masks"],
+                                     c["gt_valid"] & (c["control_points"] == 1))
+                 for i, c in enumerate(clips)])
+  assert res["J"] == pytest.approx(want, rel=1e-5) and res["J_keyframes"] == pytest.approx(key, rel=1e-5)
+  assert 0 <= res["F"] <= 1 and 0 <= res["F_keyframes"] <= 1 and res["num_videos"] == 3
+  assert sorted(images) == ["v0", "v1"] and images["v0"].shape == (5 * 32, 3 * 32, 3)
+  perfect = {k: np.where(c["masks"][None, ..., None] > 0, 20.0, -20.0).astype(np.float32)
+             for k, c in zip(logits, clips)}
+  res, _ = task.evaluate(lambda b: perfect[str(b["video_id"][0])], batches)
+  assert res["J"] == pytest.approx(1.0) and res["F"] == pytest.approx(1.0)
+  _, sem = _toy_task("keyframe.num_classes=4")       # AVSS-style: mIoU / F per class
+  sclips = toy_data.make_dataset(0, 2, size=32, frames=5, num_classes=3, semantic=True)
+  sb = [{k: v[None] for k, v in c.items()} for c in sclips]
+  out, _ = sem.evaluate(lambda b: np.eye(4, dtype=np.float32)[b["masks"]] * 10, sb)
+  assert set(sem.metric_names) <= set(out) and sem.default_best_metric == "mIoU"
+
+
 def test_optimizer_config():
   tc = _cfg(lr=0.5)
   tx = make_optimizer(tc)

@@ -16,7 +16,7 @@ import pytest
 import trainer_helpers as th
 from coprop_jax.convert.checkpoint_io import CheckpointError
 from coprop_jax.train import trainer
-from coprop_jax.train.checkpoint import Checkpointer, state_tree
+from coprop_jax.train.checkpoint import Checkpointer
 from coprop_jax.utils.config import load_config
 
 th.register()

@@ -9,7 +9,7 @@ frames with GT and over keyframes only (`*_keyframes`), one video per metric bat
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable
 
 import jax
 import jax.numpy as jnp
