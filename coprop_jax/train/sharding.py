@@ -68,7 +68,3 @@ def shard_batch(mesh: Mesh, batch: dict) -> dict:
       raise ValueError(f"shard_batch: '{k}' batch {v.shape[0]} not divisible by data axis {n}")
     out[k] = jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim), np.asarray(v))
   return out
-
-
-def put_replicated(mesh: Mesh, tree: Any) -> Any:
-  return jax.device_put(tree, replicated(mesh))

@@ -5,8 +5,8 @@ is the (noisy) fixed 128-d code of the object sounding at t. The mask is the sou
 (binary: 1; semantic: its class id 1..K). The sounding object can switch mid-clip, which makes
 that frame a keyframe (control point 1). Without the audio, a model cannot tell which object to
 segment: an audio-blind model's J is bounded well below an audio-aware one's.
-Batches use the shared vocabulary (frames float32 normalised, masks int32, gt_valid, frame_valid,
-audio_embed, control_points, video_id).
+Clips and batches use the shared vocabulary (frames float32 normalised, masks int32, gt_valid,
+frame_valid, audio_embed, control_points); `ClipBatches` is the trainer's checkpointable iterator.
 """
 from __future__ import annotations
 
@@ -60,13 +60,6 @@ def make_clip(rng: np.random.Generator, size: int = 64, frames: int = 5, num_obj
   return dict(frames=np.repeat(img[None], frames, 0).astype(np.float32), masks=masks,
               gt_valid=gt_valid, frame_valid=np.ones(frames, bool),
               audio_embed=audio.astype(np.float32), control_points=cp)
-
-
-def make_batch(rng: np.random.Generator, batch: int, **kw) -> dict:
-  clips = [make_clip(rng, **kw) for _ in range(batch)]
-  out = {k: np.stack([c[k] for c in clips]) for k in clips[0]}
-  out["video_id"] = np.array([f"toy{rng.integers(1 << 30)}" for _ in range(batch)])
-  return out
 
 
 def make_dataset(seed: int, num_clips: int, **kw) -> list[dict]:
