@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 
 from coprop_jax.models.keyframe import KeyframeProcessor
-from coprop_jax.train import keyframe_task
+from coprop_jax.train.tasks import kpf as keyframe_task
 from coprop_jax.train.state import TrainState, make_optimizer, make_train_step
 
 

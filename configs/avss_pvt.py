@@ -1,6 +1,6 @@
 """Co-Prop on AVSBench AVSS with the pvt_v2_b5 Keyframe Processor backbone.
 
-  python -m coprop_jax.train --config configs/avss_pvt.py
+  python -m coprop_jax.train --config configs/avss_pvt.py:stage=kpf --workdir /tmp/avss_pvt
 
 Same as `configs/coprop.py:dataset=avss,backbone=pvt_v2_b5`; see that file for the expected results.
 """

@@ -1,35 +1,52 @@
 """Co-Prop on AVSBench: one experiment file, selected by a config string.
 
-  python -m coprop_jax.train --config configs/coprop.py:dataset=ms3,backbone=pvt_v2_b5
-  python -m coprop_jax.train --config configs/coprop.py:dataset=avss,backbone=resnet50 \
-      --config.propagator.audio_insert_levels='(3,)'
+  # stage 1: Keyframe Processor on all frames, then fine-tuned on keyframes (paper section 3.3)
+  python -m coprop_jax.train --config configs/coprop.py:dataset=ms3,stage=kpf --workdir /tmp/kpf_ms3 \
+      --config.data.manual_dir=/data/AVSBench --config.keyframe.backbone_weights=ckpt/pvt_v2_b5 \
+      --config.keyframe.vggish_weights=ckpt/vggish
+  python -m coprop_jax.train --config configs/coprop.py:dataset=ms3,stage=kpf_finetune \
+      --workdir /tmp/kpf_ms3_ft --config.train.init_from=/tmp/kpf_ms3/best \
+      --config.data.manual_dir=/data/AVSBench --config.data.control_points_file=cp_ms3_train.jsonl
+  # a CPU smoke test of the same experiment (tiny models, synthetic data under the workdir)
+  python -m coprop_jax.train --config configs/coprop.py:dataset=ms3,runlocal=True --workdir /tmp/smoke
 
 Config-string keys:
-  dataset   s4 | ms3 | avss            (AVSBench subset; paper's M3 is ms3)
+  dataset   s4 | ms3 | avss | toy      (AVSBench subset, paper's M3 is ms3; toy: in-memory clips)
   backbone  pvt_v2_b0..pvt_v2_b5, pvt_v2_b2_linear, resnet50   (Keyframe Processor encoder)
   insert    aot | 1layer | 4layer      (paper Table 5: audio-insert levels of the propagator)
+  stage     kpf | kpf_finetune | propagator   (config.train.stage; see configs/parts/train.py)
+  runlocal  True: the small-run variant (configs/base.py:apply_runlocal)
+
+Stage 2 on S4: S4's train split has GT on the first frame only, so there is nothing to learn
+propagation from; `dataset=s4,stage=propagator` trains on MS3's train split (and evaluates on
+MS3's val) instead, and the S4 results use that propagator.
 
 Expected results (paper, PVT-v2-b5): S4 83.7 mJ / 90.9 mF, MS3 63.6 / 74.0, AVSS 39.6 / 44.4.
 Needs the AVSBench manual download at `config.data.manual_dir`.
 """
-from configs.base import get_base_config
+from configs.base import apply_runlocal, get_base_config
 from coprop_jax.models.propagator import INSERT_VARIANTS
 from coprop_jax.utils.config import parse_config_string
 
 _DATASETS = {
-    # dataset: (TFDS name, frames per clip, KPF classes); propagator.max_objects stays AOT's 10
+    # dataset: (data.name, frames per clip, KPF classes); propagator.max_objects stays AOT's 10
     "s4": ("avsbench_s4", 5, 1),
     "ms3": ("avsbench_ms3", 5, 1),
     "avss": ("avsbench_avss", 10, 71),
+    "toy": ("toy_kpf", 5, 1),
 }
+_STAGES = ("kpf", "kpf_finetune", "propagator")
 
 
 def get_config(arg=None):
-  args = parse_config_string(arg, {"dataset": "s4", "backbone": "pvt_v2_b5", "insert": "4layer"})
+  args = parse_config_string(arg, {"dataset": "s4", "backbone": "pvt_v2_b5", "insert": "4layer",
+                                   "stage": "kpf", "runlocal": False})
   if args.dataset not in _DATASETS:
     raise ValueError(f"dataset must be one of {sorted(_DATASETS)}, got '{args.dataset}'")
   if args.insert not in INSERT_VARIANTS:
     raise ValueError(f"insert must be one of {sorted(INSERT_VARIANTS)}, got '{args.insert}'")
+  if args.stage not in _STAGES:
+    raise ValueError(f"stage must be one of {list(_STAGES)}, got '{args.stage}'")
   c = get_base_config()
   name, frames, classes = _DATASETS[args.dataset]
   c.data.name = name
@@ -39,4 +56,12 @@ def get_config(arg=None):
   c.propagator.update(INSERT_VARIANTS[args.insert])
   if args.backbone == "resnet50":
     c.propagator.encoder = "resnet50"
+  c.train.stage = args.stage
+  if args.stage == "kpf_finetune":
+    c.train.num_epochs = 20   # not in the paper: its fine-tune length is not given
+  if args.stage == "propagator" and args.dataset == "s4":
+    # not in the paper: S4 train has GT on frame 1 only; stage 2 learns on MS3's train split.
+    c.data.name = "avsbench_ms3"
+  if args.runlocal:
+    apply_runlocal(c)
   return c

@@ -1,37 +1,24 @@
-"""Demo: synthetic AVSBench-layout data and tiny models, runs on a laptop CPU in minutes.
+"""Demo: synthetic AVSBench-layout MS3 data and tiny models, runs on a laptop CPU in minutes.
 
-  python -m data_pipelines.demo            # builds + loads the synthetic dataset (see README)
+  python -m data_pipelines.demo --workdir /tmp/coprop_demo    # builds + loads the synthetic set
+  python -m coprop_jax.train --config configs/demo.py --workdir /tmp/coprop_demo   # trains the KPF
 
-Tiny everything: 64x64 frames, 5-frame clips, PVT-v2-b0-sized keyframe encoder at reduced
-width, 1-layer propagator with 64 channels.
+The model sizes are the small-run variant's (configs/base.py:apply_runlocal: PVT-v2-b0 with one
+block per stage, width 32; 1-layer, width-64 propagator); the demo uses more and larger clips
+(24 videos, 64x64) and trains longer. Data go to `<workdir>/data/{synthetic,tfds}`.
 """
-from configs.base import get_base_config
+from configs import coprop
 
 
 def get_config(arg=None):
   del arg
-  c = get_base_config()
-  c.workdir = "/tmp/coprop_demo"
-  c.data.name = "synthetic_ms3"
-  c.data.manual_dir = "/tmp/coprop_demo/synthetic"
-  c.data.data_dir = "/tmp/coprop_demo/tfds"
+  c = coprop.get_config("dataset=ms3,runlocal=True")
   c.data.image_size = 64
-  c.data.num_frames = 5
   c.data.batch_size = 4
   c.data.synthetic.num_videos = 24
-  c.keyframe.backbone = "pvt_v2_b0"
-  c.keyframe.d_model = 64
-  c.keyframe.num_heads = 4
-  c.keyframe.num_encoder_layers = 1
-  c.keyframe.num_decoder_layers = 1
-  c.propagator.num_layers = 1
-  c.propagator.d_model = 64
-  c.propagator.num_heads = 4
-  c.propagator.ffn_dim = 128
-  c.propagator.memory_slots = 2
-  c.propagator.mem_gap = 2
-  c.propagator.local_max_dis = 3
   c.train.num_steps = 200
   c.train.log_every = 20
+  c.train.checkpoint_every = 100
+  c.eval.every_steps = 100
   c.rcpg.method = "gt"
   return c

@@ -1,6 +1,6 @@
 """Co-Prop on AVSBench S4 with the pvt_v2_b5 Keyframe Processor backbone.
 
-  python -m coprop_jax.train --config configs/s4_pvt.py
+  python -m coprop_jax.train --config configs/s4_pvt.py:stage=kpf --workdir /tmp/s4_pvt
 
 Same as `configs/coprop.py:dataset=s4,backbone=pvt_v2_b5`; see that file for the expected results.
 """

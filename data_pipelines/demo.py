@@ -19,14 +19,15 @@ def main(argv=None):
   from data_pipelines import input_pipeline, prepare
 
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("--workdir", default=None, help="default: configs/demo.py workdir")
+  p.add_argument("--workdir", default="/tmp/coprop_demo",
+                 help="the synthetic tree and TFDS build go to WORKDIR/data (configs/demo.py)")
   p.add_argument("--batches", type=int, default=12, help="batches to read (first 3 printed)")
   a = p.parse_args(argv)
+  from coprop_jax.utils.config import resolve_path
   cfg = get_config()
   d = cfg.data
-  if a.workdir:
-    d.manual_dir = str(pathlib.Path(a.workdir) / "synthetic")
-    d.data_dir = str(pathlib.Path(a.workdir) / "tfds")
+  d.manual_dir = resolve_path(d.manual_dir, a.workdir)
+  d.data_dir = resolve_path(d.data_dir, a.workdir)
   manual = pathlib.Path(d.manual_dir)
   for p_ in (manual, pathlib.Path(d.data_dir)):  # the demo always starts from scratch
     shutil.rmtree(p_, ignore_errors=True)

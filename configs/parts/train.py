@@ -1,26 +1,31 @@
-"""Training and evaluation sections (`config.train`, `config.eval`). Owned by coprop_jax/train, eval."""
+"""Training and evaluation sections (`config.train`, `config.eval`). Read by coprop_jax/train."""
 import ml_collections
 
 
 def get_train_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  # Which stage to train: "keyframe" (KPF on all frames or on keyframes) or "propagator".
-  c.stage = "keyframe"
-  # Train only on keyframes (control point == 1): the paper's KPF fine-tuning stage.
-  c.keyframes_only = False
-  # Checkpoint to initialise from (an Orbax directory of a previous run), "" for none.
+  # Which stage to train (coprop_jax/train/tasks): "kpf" (Keyframe Processor on all frames),
+  # "kpf_finetune" (KPF on keyframes only: frames whose control point is 1 carry the loss; start
+  # it from the kpf run with init_from) or "propagator" (stage 2; no training task in this
+  # version: selecting it is an error listing the stages available).
+  c.stage = "kpf"
+  # Checkpoint root to take params (and non-trainable collections) from at the start of a fresh
+  # run, e.g. "<kpf workdir>/checkpoints" or "<kpf workdir>/best"; "" for none. Must exist.
   c.init_from = ""
-  c.optimizer = "adam"       # paper: Adam
-  c.lr = 1e-4                # paper: 1e-4
+  c.optimizer = "adam"       # "adam" | "adamw" | "sgd" (momentum 0.9); paper: Adam
+  c.lr = 1e-4                # constant learning rate; paper: 1e-4
   c.weight_decay = 0.0
   c.grad_clip = 0.0          # global-norm gradient clipping; <= 0 disables
   c.num_epochs = 100         # paper: 100 epochs
   c.num_steps = -1           # if > 0, overrides num_epochs
-  c.log_every = 50
-  c.checkpoint_every = 1000
-  c.keep_checkpoints = 3
+  c.log_every = 50           # steps between train-metric logs (stdout + TensorBoard)
+  c.checkpoint_every = 1000  # steps between rolling checkpoints (the last step is always saved)
+  c.keep_checkpoints = 3     # rolling checkpoints kept (the best one is kept separately)
   # Compile with XLA's LLVM at -O0 (3-4x faster compiles, slower steps): tiny CPU runs only.
   c.fast_compile = False
+  # Persistent XLA compilation cache directory ("" = off; "{workdir}" expands to --workdir):
+  # a rerun or resume with the same shapes loads the compiled step instead of compiling it.
+  c.compilation_cache_dir = ""
   # Loss weights (binary: BCE + IoU; AVSS: CE + Dice).
   c.loss = ml_collections.ConfigDict()
   c.loss.bce_weight = 1.0
@@ -30,9 +35,16 @@ def get_train_config() -> ml_collections.ConfigDict:
 
 def get_eval_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  # Splits to evaluate and how often (in steps) during training.
-  c.split = "test"
+  # Split evaluated during training ("val"; toy data: "val" or "test" held-out clips).
+  c.split = "val"
+  # Steps between evaluations during training (and at the last step); 0 = no evaluation.
   c.every_steps = 1000
+  # Metric of the keep-best checkpoint (<workdir>/best), higher is better; "" = the stage's
+  # default (kpf: J, or mIoU with several classes; kpf_finetune: J_keyframes / mIoU_keyframes).
+  # kpf stages report J|mIoU, F and the same over keyframes only (J_keyframes, F_keyframes, ...).
+  c.best_metric = ""
+  # Videos shown as mask pictures (frame | GT | prediction) in TensorBoard at each evaluation.
+  c.num_images = 2
   # Binary F-measure: beta^2 and number of thresholds, as AVSBench.
   c.f_beta2 = 0.3
   c.f_num_thresholds = 255

@@ -51,19 +51,20 @@ def fsdp_sharding(mesh: Mesh, tree: Any, min_size: int = 2 ** 14) -> Any:
   return jax.tree.map(one, tree)
 
 
+def device_arrays(batch: dict) -> dict:
+  """The entries of a host batch that go to the device (numeric arrays; not video ids)."""
+  return {k: v for k, v in batch.items()
+          if isinstance(v, (np.ndarray, jax.Array)) and v.dtype.kind not in "OSU"}
+
+
 def shard_batch(mesh: Mesh, batch: dict) -> dict:
-  """Put a host batch (numpy arrays, leading axis = global batch) onto the mesh, split over
-  'data'. Non-array entries (e.g. video ids) are dropped. Raises if the batch does not divide."""
+  """Put this host's batch (numpy arrays, leading axis = this host's share of the global batch)
+  onto the mesh, split over 'data' (`jax.make_array_from_process_local_data`). Non-array entries
+  (e.g. video ids) are dropped. Raises if the global batch does not divide over 'data'."""
   n = mesh.shape["data"]
   out = {}
-  for k, v in batch.items():
-    if not isinstance(v, (np.ndarray, jax.Array)) or v.dtype.kind in "OSU":
-      continue
-    if v.shape[0] % n:
+  for k, v in device_arrays(batch).items():
+    if (v.shape[0] * jax.process_count()) % n:
       raise ValueError(f"shard_batch: '{k}' batch {v.shape[0]} not divisible by data axis {n}")
-    out[k] = jax.device_put(v, batch_sharding(mesh, v.ndim))
+    out[k] = jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim), np.asarray(v))
   return out
-
-
-def put_replicated(mesh: Mesh, tree: Any) -> Any:
-  return jax.device_put(tree, replicated(mesh))

@@ -1,13 +1,18 @@
-"""Train state, optimizer and the generic jitted train step (reused by every stage's trainer).
+"""Train state, optimizer and the generic update step (shared by every stage's task).
 
 `TrainState` is a pytree: step, params, opt_state, `extra` (non-trainable variable collections,
-e.g. ResNet's frozen `batch_stats`) and an rng key. `make_train_step(loss_fn)` turns a loss
-function `loss_fn(params, extra, batch, rng) -> (loss, aux dict)` into a jitted step that donates
-the old state and returns (new_state, metrics) with loss, grad_norm and the aux entries.
+e.g. ResNet's frozen `batch_stats`), an rng key and `nonfinite_step`. `train_step` turns a task's
+loss function `loss_fn(params, extra, batch, rng, step) -> (loss, aux dict)` into one update:
+
+- the loss and the gradient norm are checked on device at EVERY step; a non-finite value skips
+  the update (state unchanged, step not advanced) and records the failing step number in
+  `nonfinite_step` (0 = every step so far was finite). The trainer reads that scalar on the host
+  at log, eval and checkpoint steps, so no checkpoint is ever written from a non-finite state;
+- metrics: loss, grad_norm, param_norm, update_norm, lr and the loss function's aux scalars.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional
 
 import flax
 import jax
@@ -15,15 +20,17 @@ import jax.numpy as jnp
 import optax
 
 Array = jax.Array
+LossFn = Callable[[Any, Any, dict, Array, Array], tuple[Array, dict]]
 
 
 @flax.struct.dataclass
 class TrainState:
-  step: Array
+  step: Array            # int32 []: updates applied so far
   params: Any
   opt_state: Any
-  extra: Any
-  rng: Array
+  extra: Any             # non-trainable collections (e.g. {"batch_stats": ...}), constant
+  rng: Array             # PRNG key, split once per step (dropout, drop-path, audio shuffles)
+  nonfinite_step: Array  # int32 []: first step whose loss/grad norm was not finite, 0 = none
   tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
 
   @classmethod
@@ -31,23 +38,25 @@ class TrainState:
              rng: Optional[Array] = None) -> "TrainState":
     return cls(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                extra={} if extra is None else extra,
-               rng=jax.random.PRNGKey(0) if rng is None else rng, tx=tx)
-
-  def apply_gradients(self, grads: Any) -> "TrainState":
-    updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
-    return self.replace(step=self.step + 1, params=optax.apply_updates(self.params, updates),
-                        opt_state=opt_state)
+               rng=jax.random.PRNGKey(0) if rng is None else rng,
+               nonfinite_step=jnp.zeros((), jnp.int32), tx=tx)
 
 
-def make_optimizer(tc: Any, frozen: Sequence[str] = ()) -> optax.GradientTransformation:
-  """optax transform from `config.train`: optimizer ("adam" | "adamw" | "sgd"), lr,
-  weight_decay, optional grad_clip (global norm; <= 0 disables).
+def lr_schedule(tc: Any) -> optax.Schedule:
+  """Learning rate by step from `config.train` (constant `lr`, as the paper's Adam 1e-4)."""
+  return optax.constant_schedule(float(tc.lr))
 
-  `frozen`: top-level parameter names (e.g. "vggish") that are never updated: their updates are
+
+def make_optimizer(tc: Any, trainable: Any = None) -> optax.GradientTransformation:
+  """optax transform from `config.train`: optimizer ("adam" | "adamw" | "sgd"), lr (through
+  `lr_schedule`), weight_decay, grad_clip (global norm; <= 0 disables).
+
+  `trainable`: optional pytree of bools with the params' structure (or a prefix of it, e.g.
+  {"vggish": False, "backbone": True, ...}); False leaves are never updated: their updates are
   zero (no weight decay either) and the optimizer keeps no moments for them."""
-  name = tc.get("optimizer", "adam")
-  lr = float(tc.get("lr", 1e-4))
-  wd = float(tc.get("weight_decay", 0.0))
+  name = tc.optimizer
+  lr = lr_schedule(tc)
+  wd = float(tc.weight_decay)
   if name == "adam":
     tx = optax.adam(lr) if wd == 0 else optax.chain(optax.add_decayed_weights(wd), optax.adam(lr))
   elif name == "adamw":
@@ -56,38 +65,56 @@ def make_optimizer(tc: Any, frozen: Sequence[str] = ()) -> optax.GradientTransfo
     tx = optax.sgd(lr, momentum=0.9)
   else:
     raise ValueError(f"train.optimizer: unknown {name!r}; expected adam, adamw or sgd")
-  clip = float(tc.get("grad_clip", 0.0))
+  clip = float(tc.grad_clip)
   tx = optax.chain(optax.clip_by_global_norm(clip), tx) if clip > 0 else tx
-  if not frozen:
+  if trainable is None or all(jax.tree.leaves(trainable)):
     return tx
-  frozen = tuple(frozen)
 
   def labels(params):
-    return {k: jax.tree.map(lambda _: "frozen" if k in frozen else "train", v)
-            for k, v in params.items()}
+    full = jax.tree.map(lambda t, sub: jax.tree.map(lambda _: "train" if t else "frozen", sub),
+                        trainable, params)
+    return full
 
   return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+
+
+def train_step(state: TrainState, batch: dict, *, loss_fn: LossFn,
+               lr_fn: Optional[optax.Schedule] = None) -> tuple[TrainState, dict]:
+  """One update. batch: dict of arrays (a task's device batch). Returns (state, metrics).
+
+  `loss_fn(params, extra, batch, rng, step)`: `step` is `state.step` (int32 [], the 0-based
+  index of this update), so losses can ramp or switch with training progress.
+  A non-finite loss or gradient norm leaves the state as it was (except `nonfinite_step`)."""
+  rng, sub = jax.random.split(state.rng)
+  (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params, state.extra, batch, sub, state.step)
+  updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  grad_norm = optax.global_norm(grads)
+  ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & (state.nonfinite_step == 0)
+  new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, rng=rng)
+  new = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, state)
+  first_bad = jnp.where(state.nonfinite_step > 0, state.nonfinite_step, state.step + 1)
+  new = new.replace(nonfinite_step=jnp.where(ok, state.nonfinite_step, first_bad))
+  metrics = dict(aux, loss=loss, grad_norm=grad_norm, param_norm=optax.global_norm(params),
+                 update_norm=optax.global_norm(updates))
+  if lr_fn is not None:
+    metrics["lr"] = jnp.asarray(lr_fn(state.step), jnp.float32)
+  return new, metrics
 
 
 # XLA options that cut CPU compile time ~3-4x (LLVM at -O0) at some run-time cost: for tiny
 # models in tests and CPU demos (`config.train.fast_compile`), not for real training.
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
-LossFn = Callable[[Any, Any, dict, Array], tuple[Array, dict]]
-
 
 def make_train_step(loss_fn: LossFn, donate: bool = True,
-                    compiler_options: Optional[dict] = None) -> Callable:
-  """jit(step)(state, batch) -> (state, metrics). metrics: loss, grad_norm, aux scalars.
-
-  `compiler_options`: XLA options for this step, e.g. `FAST_COMPILE` for tiny CPU runs/tests."""
+                    compiler_options: Optional[dict] = None,
+                    lr_fn: Optional[optax.Schedule] = None) -> Callable:
+  """jit(train_step)(state, batch) -> (state, metrics), without explicit shardings (tests,
+  benchmarks; the trainer compiles `train_step` itself with the mesh's shardings)."""
 
   def step(state: TrainState, batch: dict):
-    rng, sub = jax.random.split(state.rng)
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, state.extra, batch, sub)
-    new = state.apply_gradients(grads).replace(rng=rng)
-    metrics = dict(aux, loss=loss, grad_norm=optax.global_norm(grads))
-    return new, metrics
+    return train_step(state, batch, loss_fn=loss_fn, lr_fn=lr_fn)
 
   return jax.jit(step, donate_argnums=(0,) if donate else (), compiler_options=compiler_options)

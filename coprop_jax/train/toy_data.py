@@ -5,8 +5,8 @@ is the (noisy) fixed 128-d code of the object sounding at t. The mask is the sou
 (binary: 1; semantic: its class id 1..K). The sounding object can switch mid-clip, which makes
 that frame a keyframe (control point 1). Without the audio, a model cannot tell which object to
 segment: an audio-blind model's J is bounded well below an audio-aware one's.
-Batches use the shared vocabulary (frames float32 normalised, masks int32, gt_valid, frame_valid,
-audio_embed, control_points, video_id).
+Clips and batches use the shared vocabulary (frames float32 normalised, masks int32, gt_valid,
+frame_valid, audio_embed, control_points); `ClipBatches` is the trainer's checkpointable iterator.
 """
 from __future__ import annotations
 
@@ -62,24 +62,45 @@ def make_clip(rng: np.random.Generator, size: int = 64, frames: int = 5, num_obj
               audio_embed=audio.astype(np.float32), control_points=cp)
 
 
-def make_batch(rng: np.random.Generator, batch: int, **kw) -> dict:
-  clips = [make_clip(rng, **kw) for _ in range(batch)]
-  out = {k: np.stack([c[k] for c in clips]) for k in clips[0]}
-  out["video_id"] = np.array([f"toy{rng.integers(1 << 30)}" for _ in range(batch)])
-  return out
-
-
 def make_dataset(seed: int, num_clips: int, **kw) -> list[dict]:
   """A fixed list of clips (a tiny 'training set')."""
   rng = np.random.default_rng(seed)
   return [make_clip(rng, **kw) for _ in range(num_clips)]
 
 
-def iterate_batches(clips: list[dict], batch: int, seed: int = 0):
-  """Endless shuffled batches from a fixed clip list."""
-  rng = np.random.default_rng(seed)
-  while True:
-    idx = rng.permutation(len(clips))
-    for i in range(0, len(idx) - batch + 1, batch):
-      sel = [clips[j] for j in idx[i:i + batch]]
-      yield {k: np.stack([c[k] for c in sel]) for k in sel[0]}
+class ClipBatches:
+  """Endless shuffled batches from a fixed clip list, checkpointable like a grain iterator.
+
+  Each epoch visits the clips in the order of a permutation drawn from (seed, epoch), so the
+  position is just (epoch, index): `get_state()` returns it as a JSON-able dict and
+  `set_state(state)` jumps back to it, which is what exact resume needs. Batches are dicts of
+  numpy arrays [B, ...] (a remainder smaller than a batch is dropped each epoch).
+  """
+
+  def __init__(self, clips: list[dict], batch: int, seed: int = 0):
+    if batch > len(clips):
+      raise ValueError(f"toy data: batch {batch} > {len(clips)} clips")
+    self.clips, self.batch, self.seed = clips, batch, seed
+    self.epoch, self.index = 0, 0
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    if self.index + self.batch > len(self.clips):
+      self.epoch, self.index = self.epoch + 1, 0
+    order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.clips))
+    sel = [self.clips[j] for j in order[self.index:self.index + self.batch]]
+    self.index += self.batch
+    return {k: np.stack([c[k] for c in sel]) for k in sel[0]}
+
+  def get_state(self) -> dict:
+    return dict(epoch=self.epoch, index=self.index, seed=self.seed, num_clips=len(self.clips),
+                batch=self.batch)
+
+  def set_state(self, state: dict) -> None:
+    mine = dict(seed=self.seed, num_clips=len(self.clips), batch=self.batch)
+    saved = {k: state.get(k) for k in mine}
+    if saved != mine:
+      raise ValueError(f"toy data iterator state {saved} does not fit this iterator {mine}")
+    self.epoch, self.index = int(state["epoch"]), int(state["index"])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import os
 import pathlib
 from typing import Any, Iterable, Mapping, Optional
 
@@ -20,6 +21,20 @@ import ml_collections
 
 class ConfigError(ValueError):
   """A config string, override or file is not valid for the experiment."""
+
+
+_TRUE = ("true", "1", "yes")
+_FALSE = ("false", "0", "no")
+
+
+def parse_bool(text: str, what: str) -> bool:
+  """'true'/'false' (also 1/0, yes/no; any case) -> bool; anything else is a ConfigError."""
+  t = text.strip().lower()
+  if t in _TRUE:
+    return True
+  if t in _FALSE:
+    return False
+  raise ConfigError(f"{what}: expected a boolean (true/false), got '{text}'")
 
 
 def _literal(text: str) -> Any:
@@ -53,8 +68,8 @@ def parse_config_string(arg: Optional[str], defaults: Mapping[str, Any]) -> ml_c
       parsed = tuple(_literal(v) for v in value.split("+") if v != "") if value not in ("", "()") else ()
     else:
       parsed = _literal(value)
-      if isinstance(default, bool) and isinstance(parsed, str):
-        parsed = parsed.lower() in ("1", "true", "yes")
+      if isinstance(default, bool):
+        parsed = parse_bool(value, f"config string key '{key}'")
       elif isinstance(default, float) and isinstance(parsed, int):
         parsed = float(parsed)
     if default is not None and not isinstance(parsed, type(default)):
@@ -88,13 +103,21 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str])
       new = (new,) if not isinstance(new, list) else tuple(new)
     if isinstance(old, float) and isinstance(new, int) and not isinstance(new, bool):
       new = float(new)
-    if isinstance(old, bool) and isinstance(new, str):
-      new = new.lower() in ("1", "true", "yes")
+    if isinstance(old, bool):
+      new = parse_bool(value, f"override '{ov}'")
     try:
       node[leaf] = new
     except (TypeError, ValueError) as e:
       raise ConfigError(f"override '{ov}': {e}") from e
   return config
+
+
+def resolve_path(path: str, workdir: str) -> str:
+  """A config path with `{workdir}` (e.g. the runlocal configs' data paths) -> absolute path
+  under the run's workdir; `~` is expanded; "" stays "" (meaning "not set")."""
+  if not path:
+    return path
+  return os.path.abspath(os.path.expanduser(path.replace("{workdir}", str(workdir))))
 
 
 def load_config(spec: str, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
