@@ -15,7 +15,9 @@ Prints JSON lines:
                               measured in this process (jitted NxN float32 matmul, best of
                               several runs); on GPU/TPU the published dense bf16 peak of the
                               device kind (PEAK_BF16 below) unless --peak_tflops is given.
-  {"what": "kpf_train_step", ...} compile_s, flops_per_step (XLA cost analysis, see below),
+  {"what": "kpf_train_step", ...} compile_s (wall) and compile_cpu_s (CPU time of this process
+                              over all its threads: on a shared box the wall time grows with
+                              the load, the CPU time hardly), flops_per_step (XLA cost analysis, see below),
                               memory analysis (MiB), step_s (median), frames_per_s,
                               achieved_tflops (= flops_per_step / step_s), utilisation.
 
@@ -97,6 +99,9 @@ def main(argv=None):
   p.add_argument("--matmul_n", type=int, default=2048, help="size of the CPU peak matmul")
   p.add_argument("--fast_compile", action="store_true",
                  help="XLA -O0 backend (coprop_jax.train.state.FAST_COMPILE; CPU tests)")
+  p.add_argument("--xla_options", default="{}",
+                 help='extra XLA compile options as JSON, e.g. \'{"xla_cpu_use_fusion_emitters": '
+                      'false}\' (added to --fast_compile\'s)')
   p.add_argument("--profile", default=None, help="write a jax.profiler trace of the timed steps")
   a = p.parse_args(argv)
   if a.platform:
@@ -140,7 +145,7 @@ def main(argv=None):
   tx = make_optimizer(tc)
   one = keyframe_task.flatten_frames({k: v[:1] for k, v in host_batch.items()})
   abstract_batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), host_batch)
-  opts = FAST_COMPILE if a.fast_compile else None
+  opts = dict(FAST_COMPILE if a.fast_compile else {}, **json.loads(a.xla_options)) or None
 
   def build(model):
     def init():
@@ -166,14 +171,15 @@ def main(argv=None):
   t0 = time.perf_counter()
   lowered = step.lower(abstract_state, abstract_batch)
   lower_s = time.perf_counter() - t0
-  t0 = time.perf_counter()
+  t0, c0 = time.perf_counter(), time.process_time()
   compiled = lowered.compile()
-  compile_s = time.perf_counter() - t0
+  compile_s, compile_cpu_s = time.perf_counter() - t0, time.process_time() - c0
   rec = dict(what="kpf_train_step", backbone=backbone, size=size, batch_frames=batch,
              d_model=d_model, layers=layers, backbone_depths=depths, dtype=a.dtype,
-             scan_layers=a.scan_layers, remat=a.remat, fast_compile=a.fast_compile,
+             scan_layers=a.scan_layers, remat=a.remat, compiler_options=opts or {},
              platform=dev.platform, device=dev.device_kind, params=nparams,
              lower_s=round(lower_s, 2), compile_s=round(compile_s, 2),
+             compile_cpu_s=round(compile_cpu_s, 2),
              flops_per_step=flops_lowered, flops_lowering_s=round(flops_s, 2))
   if not a.scan_layers:
     rec["compiled_flops"] = cost_flops(compiled)

@@ -18,6 +18,10 @@ from coprop_jax.models import pvt_v2 as pm
 from coprop_jax.train import keyframe_task
 from coprop_jax.train.state import FAST_COMPILE, TrainState, make_optimizer, make_train_step
 
+# LLVM -O0 and XLA:CPU's older loop emitters: ~2.4x less compile CPU time than FAST_COMPILE alone
+# (4x less than the default) for the tiny KPF step (benchmarks/RESULTS.md); runs slower.
+FAST = dict(FAST_COMPILE, xla_cpu_use_fusion_emitters=False)
+
 
 def tiny(**kw):
   return kf.KeyframeProcessor(backbone="pvt_v2_b0", d_model=32, num_heads=4,
@@ -57,11 +61,11 @@ def test_scanned_layers_equal_per_layer_loop(rng, scan):
   class Stack(nn.Module):
     @nn.compact
     def __call__(self, x, pos, q, qpos):
-      x = kf.scan_layers(kf.EncoderLayer(4, name="enc"), x, pos, length=nl, scan=scan)
-      q = kf.scan_layers(kf.DecoderLayer(4, name="dec"), q, qpos, x, pos, length=nl, scan=scan)
+      x = layers.scan_layers(kf.EncoderLayer(4, name="enc"), x, pos, length=nl, scan=scan)
+      q = layers.scan_layers(kf.DecoderLayer(4, name="dec"), q, qpos, x, pos, length=nl, scan=scan)
       return x, q
 
-  jit = lambda f: jax.jit(f, compiler_options=FAST_COMPILE)
+  jit = lambda f: jax.jit(f, compiler_options=FAST)
   params = jax.eval_shape(Stack().init, jax.random.PRNGKey(0), x, pos, q, qpos)["params"]
   params = jax.tree.map(lambda p: jnp.asarray(0.3 * rng.normal(size=p.shape), p.dtype)
                         + (1.0 if p.ndim == 2 else 0.0), params)   # random weights, norms ~1
@@ -166,7 +170,7 @@ def test_bfloat16_compute_close_to_float32():
   for dt in ("float32", "bfloat16"):
     model = tiny(dtype=jnp.dtype(dt))
     loss_fn = keyframe_task.make_loss_fn(model, TC, keyframes_only=False)
-    grad = jax.jit(jax.value_and_grad(loss_fn, has_aux=True), compiler_options=FAST_COMPILE)
+    grad = jax.jit(jax.value_and_grad(loss_fn, has_aux=True), compiler_options=FAST)
     (loss, aux), g = grad(params, {}, batch, jax.random.PRNGKey(0))
     out[dt] = (float(loss), g)
   (l32, g32), (l16, g16) = out["float32"], out["bfloat16"]
@@ -186,7 +190,7 @@ def test_bfloat16_compute_close_to_float32():
 def test_train_step_no_host_transfers_and_donates_state():
   model = tiny()
   step = make_train_step(keyframe_task.make_loss_fn(model, TC, keyframes_only=False),
-                         compiler_options=FAST_COMPILE)
+                         compiler_options=FAST)
   state = jax.device_put(TrainState.create(random_params(model), make_optimizer(TC)))
   batch = jax.device_put(_batch())
   old_leaves = jax.tree.leaves(state.params)
@@ -222,7 +226,7 @@ def _fwd_bwd(f):
   def run(x, w, dy):
     y, vjp = jax.vjp(f, x, w)
     return (y,) + vjp(dy)
-  return jax.jit(run, compiler_options=FAST_COMPILE)
+  return jax.jit(run, compiler_options=FAST)
 
 
 @pytest.mark.parametrize("k", [1, 3, 5])

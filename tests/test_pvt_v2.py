@@ -296,7 +296,7 @@ SCAN_DEPTHS = (2, 1, 1, 3)   # stages with 1, 2 and 3 blocks
 @pytest.fixture(scope="module")
 def scan_case():
   """A converted b0 with uneven depths (torch reference weights) and a 40x40 batch."""
-  from coprop_jax.train.state import FAST_COMPILE
+  from test_keyframe_speed import FAST
   params = cv.from_torch_state_dict(state_dict(hf_model("b0", SCAN_DEPTHS)), "b0",
                                     depths=SCAN_DEPTHS)
   x = jnp.asarray(images((40, 40), batch=2, seed=5))
@@ -309,7 +309,7 @@ def scan_case():
       outs = model.apply({"params": p}, x, train=True, rngs={"dropout": jax.random.PRNGKey(2)})
       return sum(jnp.mean(jnp.square(o)) for o in outs), outs
 
-    return jax.jit(jax.value_and_grad(loss, has_aux=True), compiler_options=FAST_COMPILE)(params)
+    return jax.jit(jax.value_and_grad(loss, has_aux=True), compiler_options=FAST)(params)
 
   return params, x, loss_and_grads
 
@@ -362,7 +362,7 @@ def test_per_block_layout_upgrade(tmp_path, scan_case):
   with pytest.raises(ValueError, match="stage 3 blocks are numbered"):
     pm.upgrade_layout(gap)
   bad = dict(old, stage0_block1=jax.tree_util.tree_map(lambda a: a[..., :1], old["stage0_block1"]))
-  with pytest.raises(ValueError, match="stage0 blocks'.*differ in shape"):
+  with pytest.raises(ValueError, match="stage0 blocks.*differ in shape"):
     pm.upgrade_layout(bad)
   save_params(bad, tmp_path / "bad")
   with pytest.raises(CheckpointError, match="bad.*differ in shape"):

@@ -24,7 +24,6 @@ from typing import Any, Mapping, Optional, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from coprop_jax.models import layers
 
@@ -104,28 +103,6 @@ class ConvGN(nn.Module):
     x = layers.Conv(self.features, self.kernel, use_bias=False, dtype=self.dtype, name="conv")(x)
     x = layers.GroupNorm(min(self.groups, self.features), dtype=self.dtype, name="norm")(x)
     return nn.relu(x)
-
-
-def scan_layers(layer: nn.Module, x: Array, *broadcast: Array, length: int, scan: bool = True,
-                remat: bool = False) -> Array:
-  """Runs `length` copies of the unbound `layer` (params stacked on a leading axis) on x.
-
-  `layer(x, *broadcast) -> x`; the `broadcast` inputs are the same for every layer.
-  scan=True: one `nn.scan` body; False: the same, fully unrolled.
-  """
-  if length == 0:
-    return x
-
-  def body(mdl, carry, *args):
-    return mdl(carry, *args), None
-
-  if remat:
-    body = nn.remat(body, prevent_cse=not scan)
-  run = nn.scan(body, variable_axes={"params": 0}, split_rngs={"params": True},
-                in_axes=(nn.broadcast,) * len(broadcast), length=length,
-                unroll=1 if scan else length)
-  x, _ = run(layer, x, *broadcast)
-  return x
 
 
 def _resize(x: Array, hw: tuple[int, int]) -> Array:
@@ -245,10 +222,10 @@ class KeyframeProcessor(nn.Module):
     poss.append(jnp.broadcast_to(type_emb.astype(self.dtype), audio_tokens.shape))
     mem = jnp.concatenate(toks, axis=1)
     mpos = jnp.concatenate(poss, axis=1)
-    mem = scan_layers(EncoderLayer(self.num_heads, attention_impl=self.attention_impl,
-                                   dtype=self.dtype, name="encoder_layers"),
-                      mem, mpos, length=self.num_encoder_layers, scan=self.scan_layers,
-                      remat=self.remat)
+    encoder = EncoderLayer(self.num_heads, attention_impl=self.attention_impl, dtype=self.dtype,
+                           name="encoder_layers")
+    mem = layers.scan_layers(encoder, mem, mpos, length=self.num_encoder_layers,
+                             scan=self.scan_layers, remat=self.remat)
     mem = layers.LayerNorm(1e-5, dtype=self.dtype, name="encoder_norm")(mem)
     n16 = shapes[0][0] * shapes[0][1]
     n32 = shapes[1][0] * shapes[1][1]
@@ -261,10 +238,11 @@ class KeyframeProcessor(nn.Module):
     queries = queries.reshape(n, self.num_queries, d)
     qpos = self.param("query_embed", nn.initializers.normal(0.02), (self.num_queries, d))
     qpos = jnp.broadcast_to(qpos.astype(self.dtype), queries.shape)
-    queries = scan_layers(DecoderLayer(self.num_heads, attention_impl=self.attention_impl,
-                                       dtype=self.dtype, name="decoder_layers"),
-                          queries, qpos, pix_mem, pix_pos, length=self.num_decoder_layers,
-                          scan=self.scan_layers, remat=self.remat)
+    decoder = DecoderLayer(self.num_heads, attention_impl=self.attention_impl, dtype=self.dtype,
+                           name="decoder_layers")
+    queries = layers.scan_layers(decoder, queries, qpos, pix_mem, pix_pos,
+                                 length=self.num_decoder_layers, scan=self.scan_layers,
+                                 remat=self.remat)
     queries = layers.LayerNorm(1e-5, dtype=self.dtype, name="decoder_norm")(queries)
 
     # FPN top-down: 1/32 (encoded) -> 1/16 (encoded) -> 1/8 -> 1/4 (fused).
@@ -311,12 +289,8 @@ def upgrade_layout(params: Mapping[str, Any]) -> dict[str, Any]:
     if sorted(layers_) != list(range(len(layers_))):
       raise ValueError(f"KPF params: {kind} layers numbered {sorted(layers_)}; expected "
                        f"0..{len(layers_) - 1}")
-    trees = [layers_[j] for j in range(len(layers_))]
-    try:
-      out[f"{kind}_layers"] = jax.tree_util.tree_map(
-          lambda *a: np.stack([np.asarray(x) for x in a]), *trees)
-    except ValueError as e:
-      raise ValueError(f"KPF params: the {kind} layers differ in structure or shape: {e}") from e
+    out[f"{kind}_layers"] = layers.stack_layer_params(
+        [layers_[j] for j in range(len(layers_))], f"KPF params: {kind} layers")
   return out
 
 

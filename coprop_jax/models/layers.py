@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Dtype = Any
 Array = jax.Array
@@ -395,6 +396,68 @@ class Conv(nn.Module):
       y = y + self.param("bias", nn.initializers.zeros, (self.features,),
                          jnp.float32).astype(self.dtype)
     return y
+
+
+def scan_layers(layer: nn.Module, x: Array, *shared: Array, length: int, scan: bool = True,
+                remat: bool = False, per_layer: Optional[dict] = None, **static: Any) -> Array:
+  """Applies `length` copies of the unbound `layer` in sequence, maxtext `scan_layers` style.
+
+  x_{j+1} = layer(x_j, *shared, **per_layer[j], **static). The copies' parameters live under the
+  layer's name, every leaf stacked on a leading axis of size `length`. `shared` inputs are the
+  same for every copy; `per_layer` maps keyword names to arrays with a leading `length` axis
+  (e.g. each block's drop-path rate); `static` keywords are Python values (e.g. train=True).
+  scan=True: one `nn.scan` body, compiled once; False: the same computation fully unrolled
+  (`unroll=length`), same parameters and outputs. remat: `nn.remat` around each copy (its
+  activations are recomputed in the backward pass). "params" and "dropout" rngs are split per
+  copy. length 0 returns x.
+  """
+  if length == 0:
+    return x
+  names = tuple(per_layer or {})
+  n_shared = len(shared)
+
+  def body(mdl, carry, *args):
+    kw = dict(zip(names, args[n_shared:]), **static)
+    return mdl(carry, *args[:n_shared], **kw), None
+
+  if remat:
+    body = nn.remat(body, prevent_cse=not scan)
+  run = nn.scan(body, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+                in_axes=(nn.broadcast,) * n_shared + (0,) * len(names), length=length,
+                unroll=1 if scan else length)
+  x, _ = run(layer, x, *shared, *((per_layer or {})[k] for k in names))
+  return x
+
+
+def stack_layer_params(trees: Sequence[Any], what: str) -> Any:
+  """Per-layer parameter trees -> one tree with every leaf stacked on a leading axis (numpy):
+  the layout of `scan_layers`. Raises ValueError naming `what` when the trees differ in
+  structure or in a leaf's shape."""
+  struct = jax.tree_util.tree_structure(trees[0])
+  for j, t in enumerate(trees[1:], 1):
+    if jax.tree_util.tree_structure(t) != struct:
+      raise ValueError(f"{what}: layer {j} has other parameters than layer 0")
+
+  def stack(path, *leaves):
+    shapes = sorted({tuple(np.shape(a)) for a in leaves})
+    if len(shapes) != 1:
+      raise ValueError(f"{what}: the layers' {jax.tree_util.keystr(path)} differ in shape: "
+                       f"{shapes}")
+    return np.stack([np.asarray(a) for a in leaves])
+
+  return jax.tree_util.tree_map_with_path(stack, *trees)
+
+
+def unstack_layer_params(tree: Any) -> list:
+  """The inverse of `stack_layer_params`: one tree per index of the leading axis (numpy arrays,
+  or `jax.ShapeDtypeStruct`s for a tree of those)."""
+  def index(a, j):
+    if isinstance(a, jax.ShapeDtypeStruct):
+      return jax.ShapeDtypeStruct(a.shape[1:], a.dtype)
+    return np.asarray(a)[j]
+
+  n = int(np.shape(jax.tree_util.tree_leaves(tree)[0])[0])
+  return [jax.tree_util.tree_map(lambda a, j=j: index(a, j), tree) for j in range(n)]
 
 
 def count_params(params: Any) -> int:

@@ -339,32 +339,13 @@ class PVTv2(nn.Module):
                     self.layer_norm_eps, self.embed_norm_eps,
                     depthwise_impl=self.depthwise_impl, attention_impl=self.attention_impl,
                     dtype=self.dtype, name=f"stage{i}_blocks")
-      x = scan_blocks(block, x, rates[k:k + depth], train=train and self.drop_path_rate > 0,
-                      scan=self.scan_layers, remat=self.remat)
+      x = layers.scan_layers(block, x, length=depth, scan=self.scan_layers, remat=self.remat,
+                             per_layer={"drop_rate": jnp.asarray(rates[k:k + depth], jnp.float32)},
+                             train=train and self.drop_path_rate > 0)
       k += depth
       x = layers.LayerNorm(self.layer_norm_eps, dtype=self.dtype, name=f"stage{i}_norm")(x)
       outs.append(x)
     return outs
-
-
-def scan_blocks(block: nn.Module, x: Array, drop_rates: Sequence[float], train: bool,
-                scan: bool = True, remat: bool = False) -> Array:
-  """Runs `len(drop_rates)` copies of the unbound `block` (params stacked on a leading axis).
-
-  x: [B, H, W, C] -> same. `block(x, train, drop_rate)` is one block; `drop_rates[j]` is block
-  j's drop-path rate. scan=True: `nn.scan` (one compiled body); False: fully unrolled.
-  """
-  depth = len(drop_rates)
-
-  def body(mdl, carry, rate):
-    return mdl(carry, train, rate), None
-
-  if remat:
-    body = nn.remat(body, prevent_cse=not scan)
-  run = nn.scan(body, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-                length=depth, unroll=1 if scan else depth)
-  x, _ = run(block, x, jnp.asarray(drop_rates, jnp.float32))
-  return x
 
 
 _BLOCK_KEY = re.compile(r"^stage(\d+)_block(\d+)$")
@@ -403,28 +384,9 @@ def upgrade_layout(params: Mapping[str, Any]) -> dict[str, Any]:
     if sorted(blocks) != list(range(len(blocks))):
       raise ValueError(f"PVT-v2 params: stage {i} blocks are numbered {sorted(blocks)}; "
                        f"expected 0..{len(blocks) - 1}")
-    trees = [blocks[j] for j in range(len(blocks))]
-    struct = jax.tree_util.tree_structure(trees[0])
-    for j, t in enumerate(trees[1:], 1):
-      if jax.tree_util.tree_structure(t) != struct:
-        raise ValueError(f"PVT-v2 params: stage{i}_block{j} has other parameters than "
-                         f"stage{i}_block0")
-
-    def stack(path, *leaves, i=i):
-      shapes = {np.shape(a) for a in leaves}
-      if len(shapes) != 1:
-        raise ValueError(f"PVT-v2 params: stage{i} blocks' {jax.tree_util.keystr(path)} differ "
-                         f"in shape: {sorted(shapes)}")
-      return np.stack([np.asarray(a) for a in leaves])
-
-    out[f"stage{i}_blocks"] = jax.tree_util.tree_map_with_path(stack, *trees)
+    out[f"stage{i}_blocks"] = layers.stack_layer_params(
+        [blocks[j] for j in range(len(blocks))], f"PVT-v2 params: stage{i} blocks")
   return out
-
-
-def _index(a: Any, j: int) -> Any:
-  if isinstance(a, jax.ShapeDtypeStruct):
-    return jax.ShapeDtypeStruct(a.shape[1:], a.dtype)
-  return np.asarray(a)[j]
 
 
 def per_block_layout(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -436,9 +398,8 @@ def per_block_layout(params: Mapping[str, Any]) -> dict[str, Any]:
     if not m:
       out[k] = v
       continue
-    depth = int(np.shape(jax.tree_util.tree_leaves(v)[0])[0])
-    for j in range(depth):
-      out[f"stage{m.group(1)}_block{j}"] = jax.tree_util.tree_map(lambda a: _index(a, j), v)
+    for j, block in enumerate(layers.unstack_layer_params(v)):
+      out[f"stage{m.group(1)}_block{j}"] = block
   return out
 
 
@@ -477,5 +438,5 @@ def output_hw(height: int, width: int) -> list[tuple[int, int]]:
 
 __all__ = ["PVTv2", "PVTv2Spec", "VARIANTS", "SOURCE_EPS", "get_spec",
            "build_model", "init_shapes", "output_hw", "upgrade_layout", "per_block_layout",
-           "is_per_block_layout", "scan_blocks", "adaptive_avg_pool_2d",
+           "is_per_block_layout", "adaptive_avg_pool_2d",
            "adaptive_avg_pool_matrix"]
