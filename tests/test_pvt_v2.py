@@ -314,6 +314,7 @@ def scan_case():
   return params, x, loss_and_grads
 
 
+@pytest.mark.slow   # two gradient compiles; the default parity test runs the scanned form
 def test_scan_and_unrolled_blocks_agree(scan_case):
   """Same stacked params, drop-path active (same rng): scan == unrolled, outputs and grads."""
   params, _, loss_and_grads = scan_case

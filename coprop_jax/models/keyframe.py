@@ -305,7 +305,15 @@ def from_config(kc: Any, backbone_depths: Optional[Sequence[int]] = None) -> Key
       backbone_source=kc.get("backbone_source", "hf"),
       freeze_vggish=bool(kc.get("freeze_vggish", True)),
       scan_layers=bool(kc.get("scan_layers", True)), remat=bool(kc.get("remat", False)),
-      attention_impl=kc.get("attention_impl", "auto"), dtype=_compute_dtype(kc.dtype))
+      attention_impl=_attention_impl(kc.get("attention_impl", "auto")),
+      dtype=_compute_dtype(kc.dtype))
+
+
+def _attention_impl(name: str) -> str:
+  if name not in layers.ATTENTION_IMPLS:
+    raise ValueError(f"keyframe.attention_impl: expected one of {layers.ATTENTION_IMPLS}, "
+                     f"got {name!r}")
+  return name
 
 
 def _compute_dtype(name: str) -> Any:
