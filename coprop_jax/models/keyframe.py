@@ -133,7 +133,7 @@ class KeyframeProcessor(nn.Module):
     remat: recompute those layers' activations in the backward pass (memory for compute).
     attention_impl: "auto" (cuDNN fused attention on a GPU in bfloat16, XLA otherwise), "xla"
       or "cudnn" (`coprop_jax.models.layers.dot_product_attention`).
-    dtype: compute dtype (params float32; norms, softmax and the output logits in float32).
+    dtype: compute dtype (params, norm statistics, softmax and the output logits float32).
 
   Parameter layout: `encoder_layers` / `decoder_layers` hold the transformer layers with every
   leaf stacked on a leading layer axis, `backbone` the encoder (PVT-v2: `stage{i}_blocks`
