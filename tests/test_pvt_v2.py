@@ -286,3 +286,85 @@ def test_bad_images():
     jax.eval_shape(model.apply, variables, jnp.zeros((1, 28, 64, 3)))
   with pytest.raises(ValueError, match="unknown variant"):
     pm.build_model("b9")
+
+
+# ---- scan over stacked blocks vs unrolled; the per-block -> stacked layout upgrade ----
+
+SCAN_DEPTHS = (2, 1, 1, 3)   # stages with 1, 2 and 3 blocks
+
+
+@pytest.fixture(scope="module")
+def scan_case():
+  """A converted b0 with uneven depths (torch reference weights) and a 40x40 batch."""
+  from test_keyframe_speed import FAST
+  params = cv.from_torch_state_dict(state_dict(hf_model("b0", SCAN_DEPTHS)), "b0",
+                                    depths=SCAN_DEPTHS)
+  x = jnp.asarray(images((40, 40), batch=2, seed=5))
+
+  def loss_and_grads(scan, remat=False):
+    model = pm.build_model("b0", depths=SCAN_DEPTHS, drop_path_rate=0.3, scan_layers=scan,
+                           remat=remat)
+
+    def loss(p):
+      outs = model.apply({"params": p}, x, train=True, rngs={"dropout": jax.random.PRNGKey(2)})
+      return sum(jnp.mean(jnp.square(o)) for o in outs), outs
+
+    return jax.jit(jax.value_and_grad(loss, has_aux=True), compiler_options=FAST)(params)
+
+  return params, x, loss_and_grads
+
+
+@pytest.mark.slow   # two gradient compiles; the default parity test runs the scanned form
+def test_scan_and_unrolled_blocks_agree(scan_case):
+  """Same stacked params, drop-path active (same rng): scan == unrolled, outputs and grads."""
+  params, _, loss_and_grads = scan_case
+  assert params["stage3_blocks"]["mlp"]["fc1"]["kernel"].shape == (3, 256, 1024)
+  (la, outs_a), ga = loss_and_grads(scan=True)
+  (lb, outs_b), gb = loss_and_grads(scan=False)
+  np.testing.assert_allclose(float(la), float(lb), rtol=1e-6)
+  for u, v in zip(outs_a, outs_b):
+    np.testing.assert_allclose(np.asarray(u), np.asarray(v), atol=1e-5)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                         ga, gb)
+  assert float(jnp.max(jnp.abs(ga["stage3_blocks"]["mlp"]["fc2"]["kernel"][2]))) > 0
+
+
+@pytest.mark.slow
+def test_scan_remat_same_grads(scan_case):
+  _, _, loss_and_grads = scan_case
+  (la, _), ga = loss_and_grads(scan=True)
+  (lb, _), gb = loss_and_grads(scan=True, remat=True)
+  np.testing.assert_allclose(float(la), float(lb), rtol=1e-6)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                         ga, gb)
+
+
+def test_per_block_layout_upgrade(tmp_path, scan_case):
+  """Old per-block trees (and Orbax checkpoints of them) load as the stacked layout."""
+  from coprop_jax.convert.checkpoint_io import CheckpointError, restore_params, save_params
+  params = scan_case[0]
+  old = pm.per_block_layout(params)
+  assert sorted(k for k in old if "_block" in k) == [
+      "stage0_block0", "stage0_block1", "stage1_block0", "stage2_block0", "stage3_block0",
+      "stage3_block1", "stage3_block2"]
+  np.testing.assert_array_equal(old["stage3_block2"]["attn"]["query"]["kernel"],
+                                params["stage3_blocks"]["attn"]["query"]["kernel"][2])
+  assert pm.is_per_block_layout(old) and not pm.is_per_block_layout(params)
+  new = pm.upgrade_layout(old)
+  assert jax.tree_util.tree_structure(new) == jax.tree_util.tree_structure(params)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, new, params)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, pm.upgrade_layout(params), params)
+  # an Orbax checkpoint written in the old layout (as `python -m coprop_jax.convert` did)
+  save_params(old, tmp_path / "old")
+  jax.tree_util.tree_map(np.testing.assert_array_equal, restore_params(tmp_path / "old"), params)
+  # blocks that cannot be stacked are named
+  gap = dict(old)
+  gap["stage3_block4"] = gap.pop("stage3_block2")
+  with pytest.raises(ValueError, match="stage 3 blocks are numbered"):
+    pm.upgrade_layout(gap)
+  bad = dict(old, stage0_block1=jax.tree_util.tree_map(lambda a: a[..., :1], old["stage0_block1"]))
+  with pytest.raises(ValueError, match="stage0 blocks.*differ in shape"):
+    pm.upgrade_layout(bad)
+  save_params(bad, tmp_path / "bad")
+  with pytest.raises(CheckpointError, match="bad.*differ in shape"):
+    restore_params(tmp_path / "bad")

@@ -166,5 +166,5 @@ def test_real_transformers_class_key_names(cls_name):
   params = cv.from_torch_state_dict(sd, "b2_linear", depths=TINY)
   prefix = "pvt_v2." if cls_name == "PvtV2ForImageClassification" else ""
   sr = sd[prefix + "encoder.layers.3.blocks.0.attention.spatial_reduction.weight"]
-  np.testing.assert_array_equal(params["stage3_block0"]["attn"]["sr"]["kernel"],
+  np.testing.assert_array_equal(params["stage3_blocks"]["attn"]["sr"]["kernel"][0],
                                 sr.transpose(2, 3, 1, 0))

@@ -33,5 +33,18 @@ def get_keyframe_config() -> ml_collections.ConfigDict:
   # Which checkpoint family backbone_weights came from ("hf", "original" whai362/PVT, "mmseg"):
   # fixes PVT-v2's LayerNorm epsilons (1e-6 for Hugging Face, 1e-5 for the other two).
   c.backbone_source = "hf"
+  # Repeated layers (PVT-v2 stage blocks, transformer encoder/decoder layers) as one `nn.scan`
+  # over stacked parameters: XLA compiles one layer per stack (PVT-v2-b5 KPF train step: minutes
+  # -> about a minute on CPU). False unrolls them (same parameters, same outputs; XLA may then
+  # fuse across layers). Parameters are stacked either way.
+  c.scan_layers = True
+  # Recompute those layers' activations in the backward pass instead of storing them (less
+  # memory, ~1/3 more compute): for large batches or resolutions on accelerators.
+  c.remat = False
+  # Attention kernel: "auto" (cuDNN fused attention on an NVIDIA GPU when computing in bfloat16
+  # and the head size allows, XLA otherwise: always XLA on CPU/TPU), "xla" or "cudnn".
+  c.attention_impl = "auto"
+  # Compute dtype: "float32" or "bfloat16" (accelerators). Parameters, normalisation statistics,
+  # attention softmax and the output logits stay float32.
   c.dtype = "float32"
   return c

@@ -240,13 +240,38 @@ def check_output_dir(out_dir: str | os.PathLike, force: bool = False) -> None:
 
 
 def restore_params(ckpt_dir: str | os.PathLike, target: Any = None) -> Any:
-  """Reads a params pytree written by `save_params` (optionally onto an abstract target)."""
+  """Reads a params pytree written by `save_params` (optionally onto an abstract target).
+
+  Without a target, trees saved in an older parameter layout come back in the current one
+  (`upgrade_layouts`): e.g. a PVT-v2 converted before its blocks were stacked.
+  """
   import orbax.checkpoint as ocp
   path = pathlib.Path(ckpt_dir).resolve()
   if not path.exists():
     raise CheckpointError(f"Orbax checkpoint {path}: directory does not exist")
   try:
     with ocp.StandardCheckpointer() as ckptr:
-      return ckptr.restore(path, target) if target is not None else ckptr.restore(path)
+      if target is not None:
+        return ckptr.restore(path, target)
+      tree = ckptr.restore(path)
   except Exception as e:  # orbax raises its own types for a non-checkpoint or damaged directory
     raise CheckpointError(f"Orbax checkpoint {path}: not readable ({type(e).__name__}: {e})") from e
+  try:
+    return upgrade_layouts(tree)
+  except ValueError as e:
+    raise CheckpointError(f"Orbax checkpoint {path}: {e}") from e
+
+
+def upgrade_layouts(tree: Any) -> Any:
+  """`tree` with every subtree in an older parameter layout converted to the current one.
+
+  Known upgrades: PVT-v2 per-block params (`stage{i}_block{j}` beside `stage0_patch_embed`,
+  written by coprop_jax.convert before the scan layout) -> stacked `stage{i}_blocks`
+  (`coprop_jax.models.pvt_v2.upgrade_layout`). Other subtrees are returned as they are.
+  """
+  from coprop_jax.models import pvt_v2
+  if not isinstance(tree, Mapping):
+    return tree
+  if pvt_v2.is_per_block_layout(tree):
+    return pvt_v2.upgrade_layout(tree)
+  return {k: upgrade_layouts(v) for k, v in tree.items()}

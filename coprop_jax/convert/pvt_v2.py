@@ -20,6 +20,11 @@ Usage:
   feats = model.apply({"params": params}, images)          # 4 NHWC maps
   # or, from a state dict already in memory ({name: np.ndarray}):
   params = from_torch_state_dict(sd, "b5"); model = build_model("b5", source=detect_source(sd))
+
+Params come in the model's stacked layout: each stage's blocks are one `stage{i}_blocks` subtree
+whose leaves have a leading block axis (`coprop_jax.models.pvt_v2.PVTv2`); Orbax checkpoints
+written before that layout (`stage{i}_block{j}`) are stacked when read back with
+`coprop_jax.convert.checkpoint_io.restore_params` (`coprop_jax.models.pvt_v2.upgrade_layout`).
 """
 from __future__ import annotations
 
@@ -31,7 +36,7 @@ import numpy as np
 from coprop_jax.convert.checkpoint_io import (CheckpointError, SourceDict, check_params_match,
                                                conv, linear, load_state_dict, strip_prefixes)
 from coprop_jax.models.pvt_v2 import (PVTv2, VARIANTS, build_model, get_spec,  # noqa: F401
-                                      init_shapes)
+                                      init_shapes, per_block_layout, upgrade_layout)
 
 _WRAPPERS = ("state_dict.", "model.", "module.")
 _HF_PROBE = "encoder.layers.0.patch_embedding.proj.weight"
@@ -137,11 +142,27 @@ def _conv(src: SourceDict, key: str) -> dict[str, np.ndarray]:
 
 def convert(src: SourceDict, variant: str, prefix: str = "", source: str = "hf",
             depths: Optional[Sequence[int]] = None) -> dict[str, Any]:
-  """Takes one PVT-v2's weights from `src` (keys under `prefix`, naming `source`) -> params.
+  """Takes one PVT-v2's weights from `src` (keys under `prefix`, naming `source`) -> params in
+  the model's (stacked) layout.
 
   For converters of larger models that hold a PVT-v2 inside one checkpoint: the caller owns
-  `src` and calls `src.finish()` once everything is consumed.
+  `src` and calls `src.finish()` once everything is consumed (unexpected keys are reported
+  there); PVT-v2 weights missing from `src` raise `CheckpointError` here.
   """
+  params = _convert_per_block(src, variant, prefix, source, depths)
+  if src.missing:
+    raise CheckpointError(f"{src.what}: PVT-v2 {variant} weights missing from the checkpoint "
+                          f"({len(src.missing)}): " + ", ".join(src.missing[:20])
+                          + (" ..." if len(src.missing) > 20 else ""))
+  try:
+    return upgrade_layout(params)
+  except ValueError as e:
+    raise CheckpointError(f"{src.what}: {e}") from e
+
+
+def _convert_per_block(src: SourceDict, variant: str, prefix: str, source: str,
+                       depths: Optional[Sequence[int]]) -> dict[str, Any]:
+  """`convert` in the per-block layout (`stage{i}_block{j}`), placeholders for missing keys."""
   spec = get_spec(variant, depths)
   names = _Names(source == "hf")
   parts = names.block_parts()
@@ -191,7 +212,8 @@ def _hint(src: SourceDict, variant: str) -> str:
 
 def from_torch_state_dict(state_dict: Mapping[str, Any], variant: str,
                           depths: Optional[Sequence[int]] = None) -> dict[str, Any]:
-  """Flax params for `PVTv2(variant)` from a `{name: array}` state dict in any supported naming.
+  """Flax params for `PVTv2(variant)` from a `{name: array}` state dict in any supported naming,
+  in the model's stacked layout (`stage{i}_blocks`, see `coprop_jax.models.pvt_v2.PVTv2`).
 
   Raises `CheckpointError` listing missing, unexpected and mis-shaped weights when the checkpoint
   does not fit the variant (with the variant it looks like, when recognisable). Build the model
@@ -200,20 +222,21 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], variant: str,
   get_spec(variant, depths)
   state, source, ignore = _normalise(state_dict)
   src = SourceDict(state, what=f"PVT-v2 {variant} ({source} naming)", ignore=ignore)
-  params = convert(src, variant, source=source, depths=depths)
+  params = _convert_per_block(src, variant, "", source, depths)
   problems = []
   try:
     src.finish()
   except CheckpointError as e:
     problems.append(str(e))
-  expected = init_shapes(variant, image_hw=(64, 64), depths=depths)
+  # Checked per block, so that a mismatch names the block (`stage0_block1/...`).
+  expected = per_block_layout(init_shapes(variant, image_hw=(64, 64), depths=depths))
   try:
     check_params_match(_fill_missing(params, expected), expected, f"PVT-v2 {variant}")
   except CheckpointError as e:
     problems.append(str(e))
   if problems:
     raise CheckpointError("\n".join(problems) + _hint(src, variant))
-  return params
+  return upgrade_layout(params)
 
 
 def _fill_missing(tree: Any, expected: Any) -> Any:

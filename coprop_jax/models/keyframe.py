@@ -18,7 +18,8 @@ Output logits: [N, H, W, num_classes] (num_classes 1: binary S4/MS3 logit; 71: A
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+import re
+from typing import Any, Mapping, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -30,16 +31,21 @@ Array = jax.Array
 
 
 def build_backbone(name: str, dtype: Any, depths: Optional[Sequence[int]] = None,
-                   source: str = "hf", module_name: Optional[str] = None) -> nn.Module:
+                   source: str = "hf", module_name: Optional[str] = None,
+                   scan_layers: bool = True, remat: bool = False,
+                   attention_impl: str = "auto") -> nn.Module:
   """"pvt_v2_b0".."pvt_v2_b5", "pvt_v2_b2_linear" or "resnet50" -> a Linen module returning 4 maps.
 
   `depths` overrides PVT-v2 block counts (tiny test models only); `source` ("hf", "original",
-  "mmseg") sets PVT-v2's LayerNorm epsilons to those of the checkpoint its weights come from.
+  "mmseg") sets PVT-v2's LayerNorm epsilons to those of the checkpoint its weights come from;
+  `scan_layers`, `remat` and `attention_impl` go to PVT-v2 (`coprop_jax.models.pvt_v2.PVTv2`).
   """
   if name.startswith("pvt_v2_"):
     from coprop_jax.models import pvt_v2
     return pvt_v2.build_model(name[len("pvt_v2_"):], source=source, dtype=dtype,
-                              depths=tuple(depths) if depths else None, name=module_name)
+                              depths=tuple(depths) if depths else None, name=module_name,
+                              scan_layers=scan_layers, remat=remat,
+                              attention_impl=attention_impl)
   if name == "resnet50":
     from coprop_jax.models import resnet
     return resnet.ResNet50(output_stride=32, frozen_bn=True, dtype=dtype, name=module_name)
@@ -51,12 +57,14 @@ class EncoderLayer(nn.Module):
   """Pre-norm transformer layer: x + MHA(LN(x)) ; x + MLP(LN(x)). x: [N, L, D]."""
   num_heads: int
   mlp_ratio: float = 4.0
+  attention_impl: str = "auto"
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, pos: Array) -> Array:
     h = layers.LayerNorm(1e-5, dtype=self.dtype, name="norm1")(x)
-    x = x + layers.MultiHeadAttention(self.num_heads, dtype=self.dtype, name="self_attn")(
+    x = x + layers.MultiHeadAttention(self.num_heads, attention_impl=self.attention_impl,
+                                      dtype=self.dtype, name="self_attn")(
         h + pos, h + pos, h)
     h = layers.LayerNorm(1e-5, dtype=self.dtype, name="norm2")(x)
     return x + layers.Mlp(int(x.shape[-1] * self.mlp_ratio), dtype=self.dtype, name="mlp")(h)
@@ -66,22 +74,25 @@ class DecoderLayer(nn.Module):
   """Pre-norm decoder layer: query self-attention, cross-attention to memory, MLP."""
   num_heads: int
   mlp_ratio: float = 4.0
+  attention_impl: str = "auto"
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, q: Array, qpos: Array, memory: Array, mpos: Array) -> Array:
     h = layers.LayerNorm(1e-5, dtype=self.dtype, name="norm1")(q)
-    q = q + layers.MultiHeadAttention(self.num_heads, dtype=self.dtype, name="self_attn")(
+    q = q + layers.MultiHeadAttention(self.num_heads, attention_impl=self.attention_impl,
+                                      dtype=self.dtype, name="self_attn")(
         h + qpos, h + qpos, h)
     h = layers.LayerNorm(1e-5, dtype=self.dtype, name="norm2")(q)
-    q = q + layers.MultiHeadAttention(self.num_heads, dtype=self.dtype, name="cross_attn")(
+    q = q + layers.MultiHeadAttention(self.num_heads, attention_impl=self.attention_impl,
+                                      dtype=self.dtype, name="cross_attn")(
         h + qpos, memory + mpos, memory)
     h = layers.LayerNorm(1e-5, dtype=self.dtype, name="norm3")(q)
     return q + layers.Mlp(int(q.shape[-1] * self.mlp_ratio), dtype=self.dtype, name="mlp")(h)
 
 
 class ConvGN(nn.Module):
-  """Conv (k x k) + GroupNorm + ReLU on NHWC."""
+  """Conv (k x k, "SAME", no bias; `layers.Conv`) + GroupNorm + ReLU on NHWC."""
   features: int
   kernel: int = 3
   groups: int = 8
@@ -89,8 +100,7 @@ class ConvGN(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    x = nn.Conv(self.features, (self.kernel, self.kernel), padding="SAME", use_bias=False,
-                dtype=self.dtype, name="conv")(x)
+    x = layers.Conv(self.features, self.kernel, use_bias=False, dtype=self.dtype, name="conv")(x)
     x = layers.GroupNorm(min(self.groups, self.features), dtype=self.dtype, name="norm")(x)
     return nn.relu(x)
 
@@ -117,7 +127,18 @@ class KeyframeProcessor(nn.Module):
       `params["vggish"]` (see `coprop_jax.train.keyframe_task.load_pretrained`).
     freeze_vggish: no gradient flows into the VGGish net (AVSBench keeps its pretrained audio
       extractor frozen); pair with `make_optimizer(..., frozen=("vggish",))`.
-    dtype: compute dtype (params float32).
+    scan_layers: repeated layers (PVT-v2 stage blocks, transformer encoder and decoder layers)
+      run as `nn.scan` over stacked params (compile once per stack); False unrolls them. Same
+      params and outputs either way.
+    remat: recompute those layers' activations in the backward pass (memory for compute).
+    attention_impl: "auto" (cuDNN fused attention on a GPU in bfloat16, XLA otherwise), "xla"
+      or "cudnn" (`coprop_jax.models.layers.dot_product_attention`).
+    dtype: compute dtype (params, norm statistics, softmax and the output logits float32).
+
+  Parameter layout: `encoder_layers` / `decoder_layers` hold the transformer layers with every
+  leaf stacked on a leading layer axis, `backbone` the encoder (PVT-v2: `stage{i}_blocks`
+  stacked the same way); `upgrade_layout` converts trees of the older per-layer layout
+  (`encoder{j}`, `decoder{j}`, `backbone/stage{i}_block{j}`).
   Call:
     images: [N, H, W, 3] normalised, H and W divisible by 32;
     audio_embed: [N, 128] VGGish embeddings, or audio_logmel: [N, 96, 64] (runs VGGish);
@@ -135,6 +156,9 @@ class KeyframeProcessor(nn.Module):
   backbone_depths: Optional[tuple[int, ...]] = None
   backbone_source: str = "hf"
   freeze_vggish: bool = True
+  scan_layers: bool = True
+  remat: bool = False
+  attention_impl: str = "auto"
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -156,7 +180,9 @@ class KeyframeProcessor(nn.Module):
       raise ValueError(f"KPF audio_embed: expected [{n}, 128], got {tuple(audio_embed.shape)}")
 
     feats = build_backbone(self.backbone, self.dtype, self.backbone_depths, self.backbone_source,
-                           module_name="backbone")(images, train=train)
+                           module_name="backbone", scan_layers=self.scan_layers,
+                           remat=self.remat, attention_impl=self.attention_impl)(
+                               images, train=train)
     if isinstance(feats, tuple) and len(feats) == 2 and isinstance(feats[0], (list, tuple)):
       feats = feats[0]
 
@@ -170,13 +196,14 @@ class KeyframeProcessor(nn.Module):
     # Stage-wise projection + audio cross-attention fusion.
     fused = []
     for i, f in enumerate(feats):
-      x = nn.Conv(d, (1, 1), dtype=self.dtype, name=f"lateral{i}")(f)
+      x = layers.Conv(d, 1, dtype=self.dtype, name=f"lateral{i}")(f)
       x = layers.GroupNorm(min(32, d), dtype=self.dtype, name=f"lateral{i}_norm")(x)
       hh, ww = x.shape[1:3]
       tok = x.reshape(n, hh * ww, d)
       q = layers.LayerNorm(1e-5, dtype=self.dtype, name=f"fuse{i}_norm")(tok)
-      tok = tok + layers.MultiHeadAttention(self.num_heads, dtype=self.dtype,
-                                            name=f"fuse{i}_attn")(q, audio_tokens)
+      tok = tok + layers.MultiHeadAttention(self.num_heads, attention_impl=self.attention_impl,
+                                            dtype=self.dtype, name=f"fuse{i}_attn")(
+                                                q, audio_tokens)
       fused.append(tok.reshape(n, hh, ww, d))
 
     # Transformer encoder over [1/16 tokens, 1/32 tokens, audio tokens].
@@ -195,8 +222,10 @@ class KeyframeProcessor(nn.Module):
     poss.append(jnp.broadcast_to(type_emb.astype(self.dtype), audio_tokens.shape))
     mem = jnp.concatenate(toks, axis=1)
     mpos = jnp.concatenate(poss, axis=1)
-    for j in range(self.num_encoder_layers):
-      mem = EncoderLayer(self.num_heads, dtype=self.dtype, name=f"encoder{j}")(mem, mpos)
+    encoder = EncoderLayer(self.num_heads, attention_impl=self.attention_impl, dtype=self.dtype,
+                           name="encoder_layers")
+    mem = layers.scan_layers(encoder, mem, mpos, length=self.num_encoder_layers,
+                             scan=self.scan_layers, remat=self.remat)
     mem = layers.LayerNorm(1e-5, dtype=self.dtype, name="encoder_norm")(mem)
     n16 = shapes[0][0] * shapes[0][1]
     n32 = shapes[1][0] * shapes[1][1]
@@ -209,24 +238,60 @@ class KeyframeProcessor(nn.Module):
     queries = queries.reshape(n, self.num_queries, d)
     qpos = self.param("query_embed", nn.initializers.normal(0.02), (self.num_queries, d))
     qpos = jnp.broadcast_to(qpos.astype(self.dtype), queries.shape)
-    for j in range(self.num_decoder_layers):
-      queries = DecoderLayer(self.num_heads, dtype=self.dtype, name=f"decoder{j}")(
-          queries, qpos, pix_mem, pix_pos)
+    decoder = DecoderLayer(self.num_heads, attention_impl=self.attention_impl, dtype=self.dtype,
+                           name="decoder_layers")
+    queries = layers.scan_layers(decoder, queries, qpos, pix_mem, pix_pos,
+                                 length=self.num_decoder_layers, scan=self.scan_layers,
+                                 remat=self.remat)
     queries = layers.LayerNorm(1e-5, dtype=self.dtype, name="decoder_norm")(queries)
 
     # FPN top-down: 1/32 (encoded) -> 1/16 (encoded) -> 1/8 -> 1/4 (fused).
     p = ConvGN(d, dtype=self.dtype, name="fpn3")(enc32)
     for i, lat in ((2, enc16), (1, fused[1]), (0, fused[0])):
       p = ConvGN(d, dtype=self.dtype, name=f"fpn{i}")(lat + _resize(p, lat.shape[1:3]))
-    pix = nn.Conv(d, (1, 1), dtype=self.dtype, name="pixel_embed")(p)      # [N, H/4, W/4, d]
+    pix = layers.Conv(d, 1, dtype=self.dtype, name="pixel_embed")(p)      # [N, H/4, W/4, d]
     mask_embed = layers.Mlp(d, out_features=d, dtype=self.dtype, name="mask_embed")(queries)
     qmasks = jnp.einsum("nhwd,nqd->nhwq", pix, mask_embed) / jnp.sqrt(float(d)).astype(self.dtype)
     x = jnp.concatenate([p, qmasks], axis=-1)
     x = ConvGN(d, dtype=self.dtype, name="head_conv")(x)
-    logits = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, name="head_out")(x)
+    logits = layers.Conv(self.num_classes, 1, dtype=self.dtype, name="head_out")(x)
     logits = logits + nn.Dense(self.num_classes, dtype=self.dtype, name="query_bias")(
         queries.mean(axis=1))[:, None, None, :]
     return _resize(logits.astype(jnp.float32), (h, w))
+
+
+_LAYER_KEY = re.compile(r"^(encoder|decoder)(\d+)$")
+
+
+def upgrade_layout(params: Mapping[str, Any]) -> dict[str, Any]:
+  """KPF params in the current layout from either layout (big_vision-style `load` helper).
+
+  Older trees have one subtree per transformer layer (`encoder{j}`, `decoder{j}`) and, for a
+  PVT-v2 backbone, per block (`backbone/stage{i}_block{j}`); they are stacked into
+  `encoder_layers` / `decoder_layers` and `backbone/stage{i}_blocks` (numpy arrays). Trees
+  already in the current layout come back unchanged. Works on `params` (Adam moments of the
+  optimizer state have the same structure and stack the same way).
+  """
+  from coprop_jax.models import pvt_v2
+  out: dict[str, Any] = {}
+  groups: dict[str, dict[int, Any]] = {}
+  for k, v in params.items():
+    m = _LAYER_KEY.match(str(k))
+    if m:
+      groups.setdefault(m.group(1), {})[int(m.group(2))] = v
+    elif k == "backbone" and pvt_v2.is_per_block_layout(v):
+      out[k] = pvt_v2.upgrade_layout(v)
+    else:
+      out[k] = v
+  for kind, layers_ in groups.items():
+    if f"{kind}_layers" in out:
+      raise ValueError(f"KPF params: both {kind}_layers and {kind}0.. present")
+    if sorted(layers_) != list(range(len(layers_))):
+      raise ValueError(f"KPF params: {kind} layers numbered {sorted(layers_)}; expected "
+                       f"0..{len(layers_) - 1}")
+    out[f"{kind}_layers"] = layers.stack_layer_params(
+        [layers_[j] for j in range(len(layers_))], f"KPF params: {kind} layers")
+  return out
 
 
 def from_config(kc: Any, backbone_depths: Optional[Sequence[int]] = None) -> KeyframeProcessor:
@@ -238,4 +303,20 @@ def from_config(kc: Any, backbone_depths: Optional[Sequence[int]] = None) -> Key
       num_queries=kc.num_queries, num_audio_tokens=kc.get("num_audio_tokens", 4),
       num_classes=kc.num_classes, backbone_depths=depths,
       backbone_source=kc.get("backbone_source", "hf"),
-      freeze_vggish=bool(kc.get("freeze_vggish", True)), dtype=jnp.dtype(kc.dtype))
+      freeze_vggish=bool(kc.get("freeze_vggish", True)),
+      scan_layers=bool(kc.get("scan_layers", True)), remat=bool(kc.get("remat", False)),
+      attention_impl=_attention_impl(kc.get("attention_impl", "auto")),
+      dtype=_compute_dtype(kc.dtype))
+
+
+def _attention_impl(name: str) -> str:
+  if name not in layers.ATTENTION_IMPLS:
+    raise ValueError(f"keyframe.attention_impl: expected one of {layers.ATTENTION_IMPLS}, "
+                     f"got {name!r}")
+  return name
+
+
+def _compute_dtype(name: str) -> Any:
+  if name not in ("float32", "bfloat16"):
+    raise ValueError(f"keyframe.dtype: expected 'float32' or 'bfloat16', got {name!r}")
+  return jnp.dtype(name)

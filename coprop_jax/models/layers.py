@@ -9,8 +9,9 @@ Conventions (every module in this package follows them):
 """
 from __future__ import annotations
 
+import functools
 import math
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -100,14 +101,18 @@ class FrozenBatchNorm(nn.Module):
 
 
 class DropPath(nn.Module):
-  """Stochastic depth: drops the whole residual branch per example with probability `rate`."""
+  """Stochastic depth: drops the whole residual branch per example with probability `rate`.
+
+  The call's `rate` (a float or a traced scalar, e.g. one per layer of a scan over stacked
+  layers) overrides the attribute."""
   rate: float = 0.0
 
   @nn.compact
-  def __call__(self, x: Array, deterministic: bool = True) -> Array:
-    if deterministic or self.rate == 0.0:
+  def __call__(self, x: Array, deterministic: bool = True, rate: Any = None) -> Array:
+    rate = self.rate if rate is None else rate
+    if deterministic or (isinstance(rate, (int, float)) and rate == 0.0):
       return x
-    keep = 1.0 - self.rate
+    keep = 1.0 - rate
     rng = self.make_rng("dropout")
     shape = (x.shape[0],) + (1,) * (x.ndim - 1)
     mask = jax.random.bernoulli(rng, keep, shape)
@@ -134,21 +139,44 @@ def gelu_exact(x: Array) -> Array:
   return nn.gelu(x, approximate=False)
 
 
+ATTENTION_IMPLS = ("auto", "xla", "cudnn")
+
+
 def dot_product_attention(q: Array, k: Array, v: Array, mask: Optional[Array] = None,
-                          bias: Optional[Array] = None) -> Array:
+                          bias: Optional[Array] = None, implementation: str = "auto") -> Array:
   """Softmax attention. q: [B, Nq, H, D], k/v: [B, Nk, H, D] -> [B, Nq, H, D].
 
   Scores are scaled by 1/sqrt(D) and the softmax runs in float32. `mask` broadcasts to
   [B, H, Nq, Nk] (True = attend); `bias` is added to the scores before the softmax.
+
+  Computed by `jax.nn.dot_product_attention`. implementation: "xla" (the XLA graph, any
+  backend), "cudnn" (cuDNN fused attention: NVIDIA GPU, bfloat16/float16, head dim a multiple
+  of 8 up to 128) or "auto" (default): cuDNN when the default backend is a GPU and the dtype and
+  shapes allow, XLA otherwise -- so on CPU and TPU always XLA.
   """
-  scale = 1.0 / math.sqrt(q.shape[-1])
-  logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) * scale
-  if bias is not None:
-    logits = logits + bias.astype(jnp.float32)
+  if implementation not in ATTENTION_IMPLS:
+    raise ValueError(f"attention implementation must be one of {ATTENTION_IMPLS}, "
+                     f"got {implementation!r}")
   if mask is not None:
-    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-  weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-  return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+    mask = jnp.asarray(mask, bool)
+    mask = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
+  if bias is not None:
+    bias = bias.reshape((1,) * (4 - bias.ndim) + bias.shape)
+  impl = None
+  if implementation == "cudnn" or (implementation == "auto" and _cudnn_may_run(q, k)):
+    impl = "cudnn"
+  if impl == "cudnn" and implementation == "auto":
+    try:   # shape/version checks run at trace time; fall back to XLA when they refuse
+      return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, implementation="cudnn")
+    except (NotImplementedError, ValueError, RuntimeError, TypeError):
+      impl = None
+  return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, implementation=impl)
+
+
+def _cudnn_may_run(q: Array, k: Array) -> bool:
+  d = q.shape[-1]
+  return (jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16)
+          and k.dtype == q.dtype and d % 8 == 0 and d <= 128)
 
 
 class MultiHeadAttention(nn.Module):
@@ -162,6 +190,7 @@ class MultiHeadAttention(nn.Module):
     qkv_features: width of q/k/v (defaults to the query's width).
     out_features: output width (defaults to the query's width).
     use_bias: bias in the q/k/v projections (the output projection always has one).
+    attention_impl: "auto", "xla" or "cudnn" (see `dot_product_attention`).
   Call:
     inputs_q: [B, Nq, Cq]; inputs_kv: [B, Nk, Ckv] (defaults to inputs_q);
     inputs_v: optional separate value input [B, Nk, Cv] (AOT feeds v differently from k);
@@ -171,6 +200,7 @@ class MultiHeadAttention(nn.Module):
   qkv_features: Optional[int] = None
   out_features: Optional[int] = None
   use_bias: bool = True
+  attention_impl: str = "auto"
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -187,7 +217,7 @@ class MultiHeadAttention(nn.Module):
     q = split(dense("query")(inputs_q))
     k = split(dense("key")(inputs_kv))
     v = split(dense("value")(inputs_v))
-    out = dot_product_attention(q, k, v, mask=mask)
+    out = dot_product_attention(q, k, v, mask=mask, implementation=self.attention_impl)
     out = out.reshape(out.shape[:-2] + (feat,))
     return nn.Dense(self.out_features or inputs_q.shape[-1], dtype=self.dtype, name="out")(out)
 
@@ -227,16 +257,29 @@ def depthwise_shift(x, kernel, stride: int = 1, dilation: int = 1, pad: int = 1,
   `pad`, optional `bias` [C] -> [B, Ho, Wo, C] float32; same result as
   `lax.conv_general_dilated(..., feature_group_count=C)` (+ bias).
   XLA:CPU runs grouped convolutions ~20x slower than this fused elementwise form
-  (benchmarks/RESULTS.md, PVT-v2 section); on GPU/TPU both are fine.
+  (benchmarks/RESULTS.md, PVT-v2 section); on GPU/TPU both are fine. With stride 1 and "same"
+  padding (2 * pad == dilation * (k - 1)) the backward pass is written out (custom VJP): the
+  input gradient is the same shifted form with the flipped kernel, the kernel gradient k*k
+  float32 sums -- 2.4x faster on XLA:CPU than differentiating the shifted form, whose kernel
+  gradient XLA turns into transposes and batched dots.
   """
+  k = kernel.shape[0]
+  if stride == 1 and 2 * pad == dilation * (k - 1):
+    y = _depthwise_same(x, kernel, dilation)
+  else:
+    y = _depthwise_shift(x, kernel, stride, dilation, pad)
+  if bias is not None:
+    y = y + bias.astype(jnp.float32)
+  return y
+
+
+def _depthwise_shift(x, kernel, stride: int, dilation: int, pad: int):
   b, h, w, c = x.shape
   k = kernel.shape[0]
   xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
   ho = (h + 2 * pad - dilation * (k - 1) - 1) // stride + 1
   wo = (w + 2 * pad - dilation * (k - 1) - 1) // stride + 1
   y = jnp.zeros((b, ho, wo, c), jnp.float32)
-  if bias is not None:
-    y = y + bias.astype(jnp.float32)
   for i in range(k):
     for j in range(k):
       sl = jax.lax.slice(xp, (0, i * dilation, j * dilation, 0),
@@ -244,6 +287,177 @@ def depthwise_shift(x, kernel, stride: int = 1, dilation: int = 1, pad: int = 1,
                           j * dilation + (wo - 1) * stride + 1, c), (1, stride, stride, 1))
       y = y + sl.astype(jnp.float32) * kernel[i, j, 0].astype(jnp.float32)
   return y
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _depthwise_same(x, kernel, dilation: int):
+  """Stride-1 "same" depthwise conv [B, H, W, C] -> [B, H, W, C] float32 (see depthwise_shift)."""
+  return _depthwise_shift(x, kernel, 1, dilation, dilation * (kernel.shape[0] - 1) // 2)
+
+
+def _depthwise_same_fwd(x, kernel, dilation):
+  return _depthwise_same(x, kernel, dilation), (x, kernel)
+
+
+def _depthwise_same_bwd(dilation, res, dy):
+  x, kernel = res
+  k = kernel.shape[0]
+  pad = dilation * (k - 1) // 2
+  # y[p] = sum_t x[p + d*t - pad] * w[t]  =>  dx[q] = sum_t dy[q - d*t + pad] * w[t]: the same
+  # "same" correlation of dy with the flipped kernel.
+  dx = _depthwise_shift(dy, jnp.flip(kernel, (0, 1)), 1, dilation, pad).astype(x.dtype)
+  b, h, w, c = x.shape
+  xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0))).astype(jnp.float32)
+  dy = dy.astype(jnp.float32)
+  taps = [jnp.sum(xp[:, i * dilation:i * dilation + h, j * dilation:j * dilation + w, :] * dy,
+                  axis=(0, 1, 2)) for i in range(k) for j in range(k)]
+  dk = jnp.stack(taps).reshape(k, k, 1, c).astype(kernel.dtype)
+  return dx, dk
+
+
+_depthwise_same.defvjp(_depthwise_same_fwd, _depthwise_same_bwd)
+
+
+def conv_same(x: Array, kernel: Array) -> Array:
+  """Stride-1 convolution with symmetric zero padding k // 2 (odd k): [B, H, W, Cin] x
+  [k, k, Cin, F] -> [B, H, W, F] in x's dtype; the same result as `lax.conv_general_dilated`
+  (and `nn.Conv(padding="SAME")`), with a backward pass that is fast on every backend.
+
+  1x1: one matmul over the channels (XLA:CPU computes the kernel gradient of a 1x1 convolution
+  ~25x slower than the equivalent matmul). k x k (custom VJP): forward `lax.conv_general_dilated`;
+  input gradient the convolution of dy with the flipped, in/out-swapped kernel (what JAX's own
+  transpose rule computes); kernel gradient k*k matmuls of shifted input views with dy,
+  accumulated in float32 -- on XLA:CPU ~4x faster than the kernel-gradient convolution
+  (benchmarks/RESULTS.md, KPF train step).
+  """
+  k = kernel.shape[0]
+  if kernel.shape[1] != k or k % 2 == 0:
+    raise ValueError(f"conv_same: needs an odd square kernel, got {kernel.shape[:2]}")
+  if kernel.shape[2] != x.shape[-1]:
+    raise ValueError(f"conv_same: kernel expects {kernel.shape[2]} input channels, input has "
+                     f"{x.shape[-1]}")
+  if k == 1:
+    return jnp.dot(x.reshape(-1, x.shape[-1]), kernel[0, 0]).reshape(x.shape[:-1] + (-1,))
+  return _conv_same(x, kernel)
+
+
+def _conv_lax(x, kernel):
+  p = kernel.shape[0] // 2
+  return jax.lax.conv_general_dilated(x, kernel, (1, 1), ((p, p), (p, p)),
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+@jax.custom_vjp
+def _conv_same(x, kernel):
+  return _conv_lax(x, kernel)
+
+
+def _conv_same_fwd(x, kernel):
+  return _conv_lax(x, kernel), (x, kernel)
+
+
+def _conv_same_bwd(res, dy):
+  x, kernel = res
+  k = kernel.shape[0]
+  p = k // 2
+  dx = _conv_lax(dy, jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)).astype(x.dtype)
+  b, h, w, c = x.shape
+  xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+  dy2 = dy.reshape(-1, dy.shape[-1])
+  taps = [jax.lax.dot_general(xp[:, i:i + h, j:j + w, :].reshape(-1, c), dy2,
+                              (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+          for i in range(k) for j in range(k)]
+  dk = jnp.stack(taps).reshape(kernel.shape).astype(kernel.dtype)
+  return dx, dk
+
+
+_conv_same.defvjp(_conv_same_fwd, _conv_same_bwd)
+
+
+class Conv(nn.Module):
+  """k x k convolution, stride 1, "SAME" zero padding (odd k), NHWC, via `conv_same`.
+
+  Parameters exactly as `nn.Conv(features, (k, k), padding="SAME")`: `kernel` [k, k, Cin, F]
+  (lecun-normal init) and `bias` [F] (zeros) when `use_bias`. [B, H, W, Cin] -> [B, H, W, F] in
+  `dtype`.
+  """
+  features: int
+  kernel_size: int = 3
+  use_bias: bool = True
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    k = self.kernel_size
+    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                        (k, k, x.shape[-1], self.features), jnp.float32)
+    y = conv_same(x.astype(self.dtype), kernel.astype(self.dtype))
+    if self.use_bias:
+      y = y + self.param("bias", nn.initializers.zeros, (self.features,),
+                         jnp.float32).astype(self.dtype)
+    return y
+
+
+def scan_layers(layer: nn.Module, x: Array, *shared: Array, length: int, scan: bool = True,
+                remat: bool = False, per_layer: Optional[dict] = None, **static: Any) -> Array:
+  """Applies `length` copies of the unbound `layer` in sequence, maxtext `scan_layers` style.
+
+  x_{j+1} = layer(x_j, *shared, **per_layer[j], **static). The copies' parameters live under the
+  layer's name, every leaf stacked on a leading axis of size `length`. `shared` inputs are the
+  same for every copy; `per_layer` maps keyword names to arrays with a leading `length` axis
+  (e.g. each block's drop-path rate); `static` keywords are Python values (e.g. train=True).
+  scan=True: one `nn.scan` body, compiled once; False: the same computation fully unrolled
+  (`unroll=length`), same parameters and outputs. remat: `nn.remat` around each copy (its
+  activations are recomputed in the backward pass). "params" and "dropout" rngs are split per
+  copy. length 0 returns x.
+  """
+  if length == 0:
+    return x
+  names = tuple(per_layer or {})
+  n_shared = len(shared)
+
+  def body(mdl, carry, *args):
+    kw = dict(zip(names, args[n_shared:]), **static)
+    return mdl(carry, *args[:n_shared], **kw), None
+
+  if remat:
+    body = nn.remat(body, prevent_cse=not scan)
+  run = nn.scan(body, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+                in_axes=(nn.broadcast,) * n_shared + (0,) * len(names), length=length,
+                unroll=1 if scan else length)
+  x, _ = run(layer, x, *shared, *((per_layer or {})[k] for k in names))
+  return x
+
+
+def stack_layer_params(trees: Sequence[Any], what: str) -> Any:
+  """Per-layer parameter trees -> one tree with every leaf stacked on a leading axis (numpy):
+  the layout of `scan_layers`. Raises ValueError naming `what` when the trees differ in
+  structure or in a leaf's shape."""
+  struct = jax.tree_util.tree_structure(trees[0])
+  for j, t in enumerate(trees[1:], 1):
+    if jax.tree_util.tree_structure(t) != struct:
+      raise ValueError(f"{what}: layer {j} has other parameters than layer 0")
+
+  def stack(path, *leaves):
+    shapes = sorted({tuple(np.shape(a)) for a in leaves})
+    if len(shapes) != 1:
+      raise ValueError(f"{what}: the layers' {jax.tree_util.keystr(path)} differ in shape: "
+                       f"{shapes}")
+    return np.stack([np.asarray(a) for a in leaves])
+
+  return jax.tree_util.tree_map_with_path(stack, *trees)
+
+
+def unstack_layer_params(tree: Any) -> list:
+  """The inverse of `stack_layer_params`: one tree per index of the leading axis (numpy arrays,
+  or `jax.ShapeDtypeStruct`s for a tree of those)."""
+  def index(a, j):
+    if isinstance(a, jax.ShapeDtypeStruct):
+      return jax.ShapeDtypeStruct(a.shape[1:], a.dtype)
+    return np.asarray(a)[j]
+
+  n = int(np.shape(jax.tree_util.tree_leaves(tree)[0])[0])
+  return [jax.tree_util.tree_map(lambda a, j=j: index(a, j), tree) for j in range(n)]
 
 
 def count_params(params: Any) -> int:

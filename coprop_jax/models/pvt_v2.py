@@ -27,7 +27,8 @@ softmax run in float32.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional, Sequence
+import re
+from typing import Any, Mapping, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -157,12 +158,14 @@ class SpatialReductionAttention(nn.Module):
   """PVT-v2 attention: queries from all tokens, keys/values from a spatially reduced map.
 
   x: [B, H, W, C] -> [B, H, W, C]. Submodules: query, key, value, proj (Dense), and for
-  sr_ratio > 1 or the linear variant `sr` (Conv) + `norm` (LayerNorm).
+  sr_ratio > 1 or the linear variant `sr` (Conv) + `norm` (LayerNorm). `attention_impl`: see
+  `layers.dot_product_attention`.
   """
   num_heads: int
   sr_ratio: int
   linear: bool
   norm_eps: float
+  attention_impl: str = "auto"
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -192,7 +195,8 @@ class SpatialReductionAttention(nn.Module):
     kv = kv.reshape(b, -1, c)
     k = dense("key")(kv).reshape(b, -1, self.num_heads, head_dim)
     v = dense("value")(kv).reshape(b, -1, self.num_heads, head_dim)
-    out = layers.dot_product_attention(q, k, v).reshape(b, h, w, c)
+    out = layers.dot_product_attention(q, k, v, implementation=self.attention_impl)
+    out = out.reshape(b, h, w, c)
     return dense("proj")(out)
 
 
@@ -250,20 +254,22 @@ class Block(nn.Module):
   embed_norm_eps: float
   drop_path: float = 0.0
   depthwise_impl: str = "shift"
+  attention_impl: str = "auto"
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array, train: bool = False) -> Array:
+  def __call__(self, x: Array, train: bool = False, drop_rate: Any = None) -> Array:
+    """x: [B, H, W, C]; `drop_rate` (float or traced scalar) overrides `drop_path`."""
     c = x.shape[-1]
     drop = layers.DropPath(self.drop_path)
     y = layers.LayerNorm(self.layer_norm_eps, dtype=self.dtype, name="norm1")(x)
     y = SpatialReductionAttention(self.num_heads, self.sr_ratio, self.linear, self.embed_norm_eps,
-                                  dtype=self.dtype, name="attn")(y)
-    x = x + drop(y, deterministic=not train)
+                                  self.attention_impl, dtype=self.dtype, name="attn")(y)
+    x = x + drop(y, deterministic=not train, rate=drop_rate)
     y = layers.LayerNorm(self.layer_norm_eps, dtype=self.dtype, name="norm2")(x)
     y = MixFFN(int(c * self.mlp_ratio), self.linear, self.depthwise_impl, dtype=self.dtype,
                name="mlp")(y)
-    return x + drop(y, deterministic=not train)
+    return x + drop(y, deterministic=not train, rate=drop_rate)
 
 
 class PVTv2(nn.Module):
@@ -280,6 +286,12 @@ class PVTv2(nn.Module):
     depths: optional override of the blocks per stage (tiny test models); None = the variant's.
     depthwise_impl: "shift" (default; nine shifted multiply-adds, fast on every backend) or
       "conv" (grouped convolution); same parameters, same result.
+    attention_impl: "auto" (cuDNN fused attention on a GPU in bfloat16, XLA otherwise), "xla" or
+      "cudnn"; see `coprop_jax.models.layers.dot_product_attention`.
+    scan_layers: True (default): each stage's blocks run as one `nn.scan` over their stacked
+      parameters, so XLA compiles one block per stage instead of all of them (PVT-v2-b5's 52
+      blocks: see benchmarks/RESULTS.md); False: the same stacked parameters, fully unrolled
+      (`unroll=depth`). Same parameters and outputs either way.
     remat: recompute each block's activations in the backward pass (`nn.remat`) to save memory
       when fine-tuning; same parameters and outputs.
   Call:
@@ -288,6 +300,11 @@ class PVTv2(nn.Module):
   Returns:
     [f1, f2, f3, f4], NHWC maps at strides 4, 8, 16, 32 (spatial size of a torch conv with the
     same padding: f1 is floor((H - 1) / 4) + 1 high) with the variant's hidden sizes.
+
+  Parameter layout: stage i has `stage{i}_patch_embed`, `stage{i}_blocks` and
+  `stage{i}_norm`; every leaf of `stage{i}_blocks` is the depth_i blocks' parameters stacked on a
+  leading axis (e.g. `stage2_blocks/attn/query/kernel` [depth_2, C3, C3]). Trees in the older
+  per-block layout (`stage{i}_block{j}`) are stacked by `upgrade_layout`.
   """
   variant: str = "b0"
   dtype: Dtype = jnp.float32
@@ -296,6 +313,8 @@ class PVTv2(nn.Module):
   drop_path_rate: float = 0.0
   depths: Optional[tuple[int, ...]] = None
   depthwise_impl: str = "shift"
+  attention_impl: str = "auto"
+  scan_layers: bool = True
   remat: bool = False
 
   @property
@@ -307,24 +326,81 @@ class PVTv2(nn.Module):
     layers.check_image(images, "PVT-v2 images")
     spec = self.spec
     total = sum(spec.depths)
-    rates = np.linspace(0.0, self.drop_path_rate, total) if total > 1 else [0.0]
+    rates = np.linspace(0.0, self.drop_path_rate, total) if total > 1 else np.zeros(1)
     x = images.astype(self.dtype)
-    block_cls = nn.remat(Block, static_argnums=(2,)) if self.remat else Block
     outs = []
     k = 0
     for i in range(4):
       x = OverlapPatchEmbed(spec.hidden_sizes[i], spec.patch_sizes[i], spec.strides[i],
                             self.embed_norm_eps, dtype=self.dtype,
                             name=f"stage{i}_patch_embed")(x)
-      for j in range(spec.depths[i]):
-        x = block_cls(spec.num_heads[i], spec.sr_ratios[i], spec.mlp_ratios[i], spec.linear,
-                  self.layer_norm_eps, self.embed_norm_eps, drop_path=float(rates[k]),
-                  depthwise_impl=self.depthwise_impl, dtype=self.dtype,
-                  name=f"stage{i}_block{j}")(x, train)
-        k += 1
+      depth = spec.depths[i]
+      block = Block(spec.num_heads[i], spec.sr_ratios[i], spec.mlp_ratios[i], spec.linear,
+                    self.layer_norm_eps, self.embed_norm_eps,
+                    depthwise_impl=self.depthwise_impl, attention_impl=self.attention_impl,
+                    dtype=self.dtype, name=f"stage{i}_blocks")
+      x = layers.scan_layers(block, x, length=depth, scan=self.scan_layers, remat=self.remat,
+                             per_layer={"drop_rate": jnp.asarray(rates[k:k + depth], jnp.float32)},
+                             train=train and self.drop_path_rate > 0)
+      k += depth
       x = layers.LayerNorm(self.layer_norm_eps, dtype=self.dtype, name=f"stage{i}_norm")(x)
       outs.append(x)
     return outs
+
+
+_BLOCK_KEY = re.compile(r"^stage(\d+)_block(\d+)$")
+
+
+def is_per_block_layout(params: Mapping[str, Any]) -> bool:
+  """True for a PVT-v2 params tree in the older per-block layout (`stage{i}_block{j}` keys)."""
+  return (isinstance(params, Mapping) and "stage0_patch_embed" in params
+          and any(_BLOCK_KEY.match(str(k)) for k in params))
+
+
+def upgrade_layout(params: Mapping[str, Any]) -> dict[str, Any]:
+  """A PVT-v2 params tree in the current (stacked) layout, from either layout.
+
+  Per-block trees (`stage{i}_block{j}`, written by coprop_jax.convert before the stacked layout
+  and by older checkpoints) are stacked into `stage{i}_blocks` (numpy arrays); stacked trees are
+  returned unchanged. Raises ValueError when a stage's blocks are not numbered 0..n-1 or differ
+  in structure or shapes.
+  """
+  if not is_per_block_layout(params):
+    if any(_BLOCK_KEY.match(str(k)) for k in params):
+      raise ValueError("PVT-v2 params: per-block keys (stage{i}_block{j}) without "
+                       "stage0_patch_embed; not a PVT-v2 tree")
+    return dict(params)
+  out: dict[str, Any] = {}
+  stages: dict[int, dict[int, Any]] = {}
+  for k, v in params.items():
+    m = _BLOCK_KEY.match(str(k))
+    if m:
+      stages.setdefault(int(m.group(1)), {})[int(m.group(2))] = v
+    else:
+      out[k] = v
+  for i, blocks in sorted(stages.items()):
+    if f"stage{i}_blocks" in out:
+      raise ValueError(f"PVT-v2 params: both stage{i}_blocks and stage{i}_block0.. present")
+    if sorted(blocks) != list(range(len(blocks))):
+      raise ValueError(f"PVT-v2 params: stage {i} blocks are numbered {sorted(blocks)}; "
+                       f"expected 0..{len(blocks) - 1}")
+    out[f"stage{i}_blocks"] = layers.stack_layer_params(
+        [blocks[j] for j in range(len(blocks))], f"PVT-v2 params: stage{i} blocks")
+  return out
+
+
+def per_block_layout(params: Mapping[str, Any]) -> dict[str, Any]:
+  """The inverse of `upgrade_layout`: `stage{i}_blocks` split into `stage{i}_block{j}` (numpy
+  arrays, or shapes for a `jax.ShapeDtypeStruct` tree), e.g. for per-block tools or messages."""
+  out: dict[str, Any] = {}
+  for k, v in params.items():
+    m = re.match(r"^stage(\d+)_blocks$", str(k))
+    if not m:
+      out[k] = v
+      continue
+    for j, block in enumerate(layers.unstack_layer_params(v)):
+      out[f"stage{m.group(1)}_block{j}"] = block
+  return out
 
 
 def build_model(variant: str = "b0", source: str = "hf", **kw) -> PVTv2:
@@ -360,5 +436,7 @@ def output_hw(height: int, width: int) -> list[tuple[int, int]]:
   return sizes
 
 
-__all__ = ["PVTv2", "PVTv2Spec", "VARIANTS", "SOURCE_EPS", "get_spec", "build_model",
-           "init_shapes", "output_hw", "adaptive_avg_pool_2d", "adaptive_avg_pool_matrix"]
+__all__ = ["PVTv2", "PVTv2Spec", "VARIANTS", "SOURCE_EPS", "get_spec",
+           "build_model", "init_shapes", "output_hw", "upgrade_layout", "per_block_layout",
+           "is_per_block_layout", "adaptive_avg_pool_2d",
+           "adaptive_avg_pool_matrix"]

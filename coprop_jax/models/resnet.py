@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from coprop_jax.models.layers import FrozenBatchNorm, check_image
+from coprop_jax.models.layers import Conv, FrozenBatchNorm, check_image
 
 Dtype = Any
 
@@ -38,6 +38,11 @@ class _Norm(nn.Module):
 
 
 def _conv(features, k, stride=1, dilation=1, dtype=jnp.float32, name=None):
+  """Conv without bias, torch padding (k // 2) * dilation; params as `nn.Conv`. Stride-1
+  undilated convs go through `layers.Conv` (1x1 as a matmul, k x k with a backward pass that is
+  fast on XLA:CPU too)."""
+  if stride == 1 and dilation == 1:
+    return Conv(features, k, use_bias=False, dtype=dtype, name=name)
   pad = (k // 2) * dilation
   return nn.Conv(features, (k, k), strides=(stride, stride), kernel_dilation=(dilation, dilation),
                  padding=((pad, pad), (pad, pad)), use_bias=False, dtype=dtype,
