@@ -202,9 +202,30 @@ def vggish_difference(a: Any, b: Any) -> float:
   return worst
 
 
+def check_part(path: str, config: ml_collections.ConfigDict, what: str) -> None:
+  """Stage and network-config checks of one part from its config.json (or model.json), before
+  any weights are read, so that a wrong pair is refused before the slow restores."""
+  stages, section = ((KEYFRAME_STAGES, "keyframe") if what == "keyframe"
+                     else (PROPAGATOR_STAGES, "propagator"))
+  if model_io.is_model_dir(path):
+    saved, _ = model_io.read_model_info(path)
+    diff = _section_changes(saved, config, section)
+    if diff:
+      raise ExportError(f"--{what} {path}: a model made with another config; fields that differ "
+                        f"(model -> --config): {'; '.join(diff)}")
+    return
+  p = pathlib.Path(path).expanduser().resolve()
+  if what == "propagator" and p.is_dir() and not _holds_checkpoints(p):
+    return        # a converted AOT checkpoint: checked against the shapes when loaded
+  root, step, cfg = resolve_run(p)
+  _check_run(read_run_config(cfg), config, what, root / str(step), stages, section)
+
+
 def assemble(config: ml_collections.ConfigDict, keyframe: str, propagator: str) -> tuple[dict, dict]:
   """(pipeline params {"keyframe", "propagator", "encoder"}, sources) from the two parts (see
   the module docstring); every check made, nothing written."""
+  check_part(keyframe, config, "keyframe")
+  check_part(propagator, config, "propagator")
   size = int(config.data.image_size)
   shapes = model_io.expected_shapes(config, size)
   kvars, k_src = load_keyframe_part(keyframe, config, shapes)
