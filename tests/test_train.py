@@ -6,7 +6,6 @@ cache. The two-stage run and the toy training runs (audio-aware vs audio-blind) 
 Generic trainer behaviour (resume, NaN, config checks) with a cheap network: test_trainer.py."""
 import logging
 import os
-import sys
 
 import jax
 import jax.numpy as jnp
