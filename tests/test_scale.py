@@ -184,3 +184,63 @@ def test_train_step_on_8_devices_fsdp_matches_one_device_and_restores_onto_anoth
   assert r.returncode == 0 and "OK8" in r.stdout, r.stdout[-2000:] + r.stderr[-3000:]
   line = [x for x in r.stdout.splitlines() if x.startswith("STATE_BYTES")]
   assert line
+
+
+@pytest.mark.slow
+def test_two_processes_through_jax_distributed(tmp_path):
+  """Two processes (2 CPU devices each) on localhost started through the config's explicit
+  coordinator: one global (data=2, fsdp=2) mesh over 4 devices, each process reading its own
+  half of the toy clips; both finish with the same losses and the checkpoint they wrote together
+  restores in a single process."""
+  import socket
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  code = textwrap.dedent("""
+    import json, os, sys
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    sys.path.insert(0, "tests")
+    import trainer_helpers as th
+    from coprop_jax.train import trainer
+    from coprop_jax.utils.config import load_config
+    pid, port, wd = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+    th.register()
+    cfg = load_config(th.CONFIG, [
+        "train.stage=pixel", "data.batch_size=8", "data.image_size=16", "data.num_frames=2",
+        "train.num_steps=2", "train.log_every=1", "eval.every_steps=2", "train.mesh_fsdp=2",
+        "train.fsdp_min_size=16", f"train.distributed.coordinator_address=localhost:{port}",
+        "train.distributed.num_processes=2", f"train.distributed.process_id={pid}"])
+    s = trainer.train_and_evaluate(cfg, wd)
+    import jax
+    assert jax.process_count() == 2 and jax.device_count() == 4
+    print("LOSSES", json.dumps([h["loss"] for h in s["history"]]))
+  """)
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  env.pop("XLA_FLAGS", None)
+  procs = [subprocess.Popen([sys.executable, "-c", code, str(i), str(port), str(tmp_path / "run")],
+                            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True) for i in range(2)]
+  outs = [p.communicate(timeout=600) for p in procs]
+  for p, (out, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  losses = [[x for x in out.splitlines() if x.startswith("LOSSES")][0] for out, _ in outs]
+  assert losses[0] == losses[1]
+  assert (tmp_path / "run/checkpoints/2").is_dir() and (tmp_path / "run/config.json").is_file()
+  # the 2-process checkpoint restores in this single process (one device)
+  import jax
+  import trainer_helpers as th
+  from coprop_jax.train import trainer
+  from coprop_jax.train.checkpoint import Checkpointer
+  th.register()
+  cfg = load_config(th.CONFIG, ["train.stage=pixel", "data.batch_size=8", "data.image_size=16",
+                                "data.num_frames=2"])
+  task = trainer.tasks_lib.get_task(cfg)
+  mesh = shd.make_mesh(devices=jax.devices()[:1])
+  first = shd.device_arrays(next(trainer.prepare_data(cfg, str(tmp_path)).train))
+  abstract, _ = trainer.create_train_state(task, cfg, mesh, trainer.abstract_batch(mesh, first))
+  ck = Checkpointer(str(tmp_path / "run/checkpoints"), read_only=True)
+  state = ck.restore(abstract)
+  ck.close()
+  assert int(state.step) == 2
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state.params))
