@@ -70,7 +70,7 @@ def test_train_step_on_8_devices_fsdp_matches_one_device_and_restores_onto_anoth
   float32, only the reduction order differs); the per-device parameter + optimizer-state bytes
   of the compiled step's memory analysis are those of the rules' shards and fall to ~1/2
   (fsdp=2) and ~1/8 (fsdp=8) of the whole state's (what every device holds replicated); the sharded checkpoint restores onto a (data=2, fsdp=4) mesh with the
-  rules' shardings; eval runs with all-gathered params."""
+  rules' shardings; eval runs with all-gathered params; train.compilation_cache_dir fills."""
   code = textwrap.dedent("""
     import os, sys
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
@@ -106,7 +106,8 @@ def test_train_step_on_8_devices_fsdp_matches_one_device_and_restores_onto_anoth
     base = ["train.stage=wide", "data.batch_size=8", "data.image_size=16", "data.num_frames=2",
             "train.num_steps=2", "train.log_every=1", "eval.every_steps=2",
             "train.fsdp_min_size=256"]
-    cfg = load_config(th.CONFIG, base + ["train.mesh_data=4", "train.mesh_fsdp=2"])
+    cfg = load_config(th.CONFIG, base + ["train.mesh_data=4", "train.mesh_fsdp=2",
+                                         "train.compilation_cache_dir={workdir}/xla_cache"])
     wd = sys.argv[1]
     try:
       trainer.train_and_evaluate(load_config(th.CONFIG, base + ["train.mesh_data=3"]), wd)
@@ -116,6 +117,7 @@ def test_train_step_on_8_devices_fsdp_matches_one_device_and_restores_onto_anoth
       raise AssertionError("expected ConfigError")
     summary = trainer.train_and_evaluate(cfg, wd)
     losses8 = [h["loss"] for h in summary["history"]]
+    assert os.listdir(os.path.join(wd, "xla_cache")), "persistent compilation cache not written"
     assert len(losses8) == 2 and summary["evals"], summary
     task = trainer.tasks_lib.get_task(cfg)
     first = shd.device_arrays(next(trainer.prepare_data(cfg, wd).train))
@@ -176,7 +178,7 @@ def test_train_step_on_8_devices_fsdp_matches_one_device_and_restores_onto_anoth
     print("OK8")
   """)
   import tempfile
-  env = dict(os.environ, PYTHONPATH=ROOT)
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
   env.pop("XLA_FLAGS", None)
   with tempfile.TemporaryDirectory() as wd:
     r = subprocess.run([sys.executable, "-c", code, wd], env=env, capture_output=True, text=True,
