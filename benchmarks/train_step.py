@@ -98,6 +98,7 @@ def main(argv=None):
                  help="kpf: paper = PVT-v2-b5 224 batch 4; b0: PVT-v2-b0 224 batch 4; tiny: 64 px. "
                       "propagator: paper = AOT-L sized, 224, 2 clips x 5 frames; tiny: 64 px")
   p.add_argument("--frames", type=int, default=None, help="propagator: frames per clip")
+  p.add_argument("--layers", type=int, default=None, help="propagator: LSTT layers (override)")
   p.add_argument("--backbone", default=None, help="override the preset's backbone")
   p.add_argument("--size", type=int, default=None, help="override the preset's image size")
   p.add_argument("--batch", type=int, default=None,
@@ -210,6 +211,7 @@ def propagator_setup(a, opts):
 
   encoder, size, clips, frames, layers, d_model, heads, ffn = PROPAGATOR_PRESETS[a.preset]
   size, clips, frames = a.size or size, a.batch or clips, a.frames or frames
+  layers = a.layers or layers
   cfg = get_base_config()
   p = cfg.propagator
   p.encoder, p.num_layers, p.d_model, p.num_heads, p.ffn_dim = encoder, layers, d_model, heads, ffn
