@@ -212,3 +212,35 @@ def test_cli_end_to_end_subprocess(env, tmp_path):
   assert summary["num_frames"] == T and summary["chunk_frames"] == 2
   assert len(list((out / "masks").glob("*.png"))) == T
   assert f"summary        {out / 'summary.json'}" in r.stdout
+
+
+class ScriptedPrompter:
+  """Stands in for `rcpg.qwen.QwenPrompter` (same `run` contract): replies with scripted flags
+  per window start (None = an unparseable reply) and records what it was given."""
+  model_name = "scripted"
+
+  def __init__(self, replies):
+    self.replies, self.calls = replies, []
+
+  def run(self, videos):
+    self.calls += videos
+    return [dict(flags=self.replies[v["video_id"]], raw_replies=["..."], category="dog", examples=[])
+            for v in videos]
+
+
+def test_qwen_control_points_windows_context_and_fallback(env, tmp_path):
+  """--control_points_method qwen on windows of 2 frames: each window after the first is given
+  the previous frame's second of audio as context (its flag dropped), a keyframe is forced only at
+  frame 0, and an unparseable reply falls back to the config's rule (first_frame: no keyframe)."""
+  pred = env["pred"]
+  q = ScriptedPrompter({"clip@0": [1, 0], "clip@2": [1, 0, 1], "clip@4": None})
+  summary = P.predict(env["model"], tmp_path / "out", video=env["mp4"], control_points_method="qwen",
+                      prompter=q, qwen_window=2, predictor=pred, progress=False)
+  assert [v["video_id"] for v in q.calls] == ["clip@0", "clip@2", "clip@4"]
+  assert [v["num_frames"] for v in q.calls] == [2, 3, 2]                  # context frame + window
+  assert [len(v["waveform"]) for v in q.calls] == [32000, 48000, 32000]   # 1 s of 16 kHz per frame
+  clip = media.read_clip(env["mp4"], size=pred.image_size)
+  np.testing.assert_array_equal(q.calls[1]["waveform"], clip.waveform[16000:64000])
+  cp = summary["control_points"]
+  assert cp["flags"] == [1, 0, 0, 1, 0] and cp["source"] == "3step" and cp["fallbacks"] == 1
+  assert [w["fallback"] for w in cp["windows"]] == [None, None, "first_frame"]
