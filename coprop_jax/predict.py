@@ -25,8 +25,8 @@ What it does (`python -m coprop_jax.predict --help` lists every flag):
    half-written OUT; an existing OUT is refused unless --force):
      masks/000000.png ...   one mask per frame at the original size (binary 0/255; AVSS: palette
                             PNG of class ids)
-     overlay.mp4            masks over the frames, keyframes framed in orange (overlay.gif when
-                            PyAV's FFmpeg has no H.264 encoder)
+     overlay.mp4            masks over the frames, keyframes framed in orange (overlay.gif with
+                            --overlay gif, or when PyAV's FFmpeg has no H.264 encoder)
      overlay_grid.png       up to 24 frames (evenly spaced) with their masks, keyframes marked
      timeline.png           audio spectrogram, control points and what is segmented per frame
                             (clips longer than 60 frames: timeline/<first>-<last>.png pages)
@@ -442,13 +442,14 @@ class _Outputs:
   """Writes a clip's results chunk by chunk into `root` (flat memory: a grid sample of frames and
   one timeline page are kept, everything else is written as it comes)."""
 
-  def __init__(self, root: pathlib.Path, info: media.MediaInfo, *, semantic: bool):
+  def __init__(self, root: pathlib.Path, info: media.MediaInfo, *, semantic: bool,
+               overlay: str = "mp4"):
     self.root, self.info, self.semantic = root, info, semantic
     t_len = info.num_frames
     h, w = info.original_size
     scale = min(1.0, OVERLAY_MAX_SIDE / max(h, w))
     self.disp_hw = (max(2, round(h * scale)), max(2, round(w * scale)))
-    self.video = media.OverlayVideoWriter(root / "overlay.mp4", fps=info.fps)
+    self.video = media.OverlayVideoWriter(root / f"overlay.{overlay}", fps=info.fps)
     self.grid_idx = np.unique(np.round(np.linspace(0, t_len - 1, min(t_len, GRID_FRAMES))).astype(int))
     self.grid = []            # (index, frame, mask, keyframe, timestamp)
     self.page = []            # (logmel, mask, keyframe) of the current timeline page
@@ -573,7 +574,8 @@ def predict(checkpoint, out, *, video=None, frames_dir=None, audio=None, fps: fl
             control_points_method: Optional[str] = None, cosine_threshold: Optional[float] = None,
             qwen_model=None, rcpg_document=None,
             qwen_window: int = QWEN_WINDOW, expect=None, chunk_frames: int = DEFAULT_CHUNK_FRAMES,
-            force: bool = False, allow_silence: bool = False, progress: bool = True,
+            overlay: str = "mp4", force: bool = False, allow_silence: bool = False,
+            progress: bool = True,
             predictor: Optional[Predictor] = None, prompter=None) -> dict:
   """Segments a video file (`video`) or a frames folder (`frames_dir` + `audio`) into `out`;
   returns the summary (also written as out/summary.json). See the module docstring; arguments
@@ -592,6 +594,8 @@ def predict(checkpoint, out, *, video=None, frames_dir=None, audio=None, fps: fl
       from coprop_jax.convert.checkpoint_io import CheckpointError
       raise CheckpointError(f"model {model_dir} was made with another config; fields that differ "
                             f"(model -> yours): {'; '.join(changes)}")
+  if overlay not in ("mp4", "gif"):
+    raise PredictError(f"--overlay must be mp4 or gif, got {overlay!r}")
   if (video is None) == (frames_dir is None):
     raise PredictError("give exactly one input: --video FILE or --frames_dir DIR (with --audio FILE)")
   if frames_dir is not None and audio is None:
@@ -645,7 +649,7 @@ def predict(checkpoint, out, *, video=None, frames_dir=None, audio=None, fps: fl
   try:
     with media.atomic_output(out) as tmp:
       tmp.mkdir()
-      writer = _Outputs(tmp, info, semantic=predictor.semantic)
+      writer = _Outputs(tmp, info, semantic=predictor.semantic, overlay=overlay)
       try:
         t = time.perf_counter()
         for seg in predictor.stream(model_chunks(), cps, video_id=vid):
@@ -740,6 +744,9 @@ timeline.png and summary.json. Errors print one line 'error: ...' and exit with 
                  help=f"frames per Qwen prompt (default {QWEN_WINDOW})")
   o = p.add_argument_group("output and run")
   o.add_argument("--out", required=True, metavar="OUT", help="output directory (must not exist)")
+  o.add_argument("--overlay", choices=("mp4", "gif"), default="mp4",
+                 help="overlay video format (mp4: H.264, GIF when PyAV's FFmpeg has no H.264 "
+                 "encoder; gif: an animated GIF, held in memory until the end: short clips)")
   o.add_argument("--force", action="store_true", help="replace an existing OUT written by predict")
   o.add_argument("--config", metavar="CONFIG",
                  help="refuse a model whose networks were not built from this config "
@@ -766,7 +773,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       video_id=args.video_id, control_points_method=args.control_points_method,
                       cosine_threshold=args.cosine_threshold, qwen_model=args.qwen_model,
                       rcpg_document=args.rcpg_document, qwen_window=args.qwen_window, expect=expect,
-                      chunk_frames=args.chunk_frames, force=args.force,
+                      chunk_frames=args.chunk_frames, overlay=args.overlay, force=args.force,
                       allow_silence=args.allow_silence, progress=not args.no_progress)
   except (media.MediaError, CheckpointError, RecordsError, ConfigError, PredictError,
           FileExistsError, FileNotFoundError) as e:

@@ -278,6 +278,19 @@ def test_semantic_pipeline_maps_ids_back_to_classes(tmp_path):
   np.testing.assert_array_equal(out["masks"], np.where(batch["masks"] == 2, 0, batch["masks"]))
   out = seg.segment(params, dict(batch, control_points=np.eye(1, T, dtype=np.int32).repeat(B, 0)))
   assert out["masks"].shape == (B, T, S, S) and set(np.unique(out["masks"])) <= {0, 1, 2, 3, 4, 5, 6}
+  # Streaming: each segment's id -> class table is carried into the chunks without a keyframe.
+  cp = np.array([[1, 0, 0, 0, 0, 0], [1, 0, 0, 1, 0, 0]], np.int32)
+  batch = dict(batch, control_points=cp)
+  batch["masks"][1, 3:] = np.where(batch["masks"][1, 3:] == 4, 5, batch["masks"][1, 3:])  # new classes
+  whole = seg.segment(params, batch, keyframes="gt")
+  state, parts = None, []
+  for a in range(0, T, 2):
+    o, state = seg.segment_chunk(params, {k: (v[:, a:a + 2] if k != "video_id" else v)
+                                          for k, v in batch.items()}, state, keyframes="gt")
+    parts.append(o["masks"])
+  np.testing.assert_array_equal(np.concatenate(parts, 1), whole["masks"])
+  assert whole["masks"][:, 4:].any()   # the last chunk (no keyframe) maps propagated ids to classes
+  assert set(np.unique(whole["masks"][0, 1:])) <= {0, 4, 6} and set(np.unique(whole["masks"][1, 4:])) <= {0, 5, 6}
 
 
 @pytest.mark.slow  # real MobileNetV2 + tiny PVT compiles on CPU

@@ -106,8 +106,8 @@ def test_predict_mp4_with_its_own_audio_track(env, tmp_path):
 
 
 def test_predict_frames_dir_wav_and_control_points_file(env, tmp_path):
-  """A frames folder + WAV with an RCPG JSONL record (keyframe inside the second chunk); --force
-  replaces a previous output only when the new one is complete."""
+  """A frames folder + WAV with an RCPG JSONL record (keyframe inside the second chunk), a GIF
+  overlay; --force replaces a previous output only when the new one is complete."""
   pred = env["pred"]
   cp = tmp_path / "cp.jsonl"
   flags = np.array([1, 0, 0, 0, 1])
@@ -117,12 +117,13 @@ def test_predict_frames_dir_wav_and_control_points_file(env, tmp_path):
   out.mkdir()
   (out / "summary.json").write_text("{}")
   kw = dict(frames_dir=env["frames_dir"], audio=env["wav"], control_points=cp, predictor=pred,
-            progress=False)
+            overlay="gif", progress=False)
   with pytest.raises(FileExistsError, match="already exists; pass --force"):
     P.predict(env["model"], out, **kw)
   summary = P.predict(env["model"], out, force=True, **kw)
   clip = media.read_clip(env["frames_dir"], env["wav"], size=pred.image_size)
   assert summary["control_points"]["source"] == "file" and summary["input"]["kind"] == "frames"
+  assert summary["files"]["overlay_video"] == "overlay.gif"
   check_outputs(out, summary, pred, clip, flags)
   # An interrupted run (here: while writing the pictures) leaves the old OUT as it was.
   before = (out / "summary.json").read_text()
