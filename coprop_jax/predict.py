@@ -68,6 +68,10 @@ DEFAULT_CHUNK_FRAMES = 30
 # longest the paper prompts), each after the first preceded by one context frame (its flag is
 # dropped), so a switch at a window's first frame is still seen and no keyframe is forced there.
 QWEN_WINDOW = 10
+# not in the paper: the output files (the paper shows qualitative masks only): mask PNGs at the
+# video's own size (nearest upsampling of the model-size masks; binary 0/255, AVSS palette PNGs
+# of class ids), an overlay video at most OVERLAY_MAX_SIDE px with keyframes framed in orange, a
+# grid of GRID_FRAMES evenly spaced frames, timeline pages of TIMELINE_PAGE frames.
 GRID_FRAMES = 24          # frames in overlay_grid.png (evenly spaced over the clip)
 TIMELINE_PAGE = 60        # frames per timeline picture
 OVERLAY_MAX_SIDE = 720    # the overlay video is scaled down to this longer side
@@ -529,7 +533,7 @@ def resolve_method(method: Optional[str], *, control_points_file=None, qwen_mode
                    rcpg_document=None) -> str:
   """The control-point method: "file" with a file; else `method`, defaulting to cosine without
   an audio LLM; "qwen" (and the default with --qwen_model) is rcpg with a retrieval document,
-  else 3step (the paper's best prompting without one)."""
+  else 3step (the paper's step-by-step prompting, no retrieval)."""
   if control_points_file:
     if method:
       raise PredictError("give either --control_points FILE or --control_points_method, not both")
@@ -538,7 +542,7 @@ def resolve_method(method: Optional[str], *, control_points_file=None, qwen_mode
     method = "qwen" if qwen_model else "cosine"
   if method not in METHODS:
     raise PredictError(f"--control_points_method must be one of {', '.join(METHODS)}, got {method!r}")
-  if method == "qwen":
+  if method == "qwen":   # not in the paper: what "qwen" means (rcpg needs the document D; else 3step)
     method = "rcpg" if rcpg_document else "3step"
   return method
 
@@ -594,6 +598,8 @@ def predict(checkpoint, out, *, video=None, frames_dir=None, audio=None, fps: fl
       from coprop_jax.convert.checkpoint_io import CheckpointError
       raise CheckpointError(f"model {model_dir} was made with another config; fields that differ "
                             f"(model -> yours): {'; '.join(changes)}")
+  # not in the paper: silent audio is refused unless allow_silence (the audio drives both networks
+  # and the control points; a muted video would silently give audio-blind masks).
   if overlay not in ("mp4", "gif"):
     raise PredictError(f"--overlay must be mp4 or gif, got {overlay!r}")
   if (video is None) == (frames_dir is None):
