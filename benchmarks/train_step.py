@@ -154,7 +154,7 @@ def kpf_setup(a, opts):
   import numpy as np
 
   from coprop_jax.models.keyframe import KeyframeProcessor
-  from coprop_jax.train import keyframe_task
+  from coprop_jax.train.tasks import kpf as keyframe_task
   from coprop_jax.train.state import TrainState, make_optimizer, make_train_step
 
   backbone, size, batch, depths, d_model, heads, layers = PRESETS[a.preset]

@@ -1,0 +1,96 @@
+"""`python -m coprop_jax.ablate`: the rows of Tables 2a / 2b / 5, the runs they need (shared, in
+dependency order, the plain AOT not trained when a converted AOT is given), LLM rows marked "not
+run" rather than faked, a finished run reused and a run of another config refused; (slow) Table 2b
+end to end on synthetic MS3 with tiny runs, then again with every run reused."""
+import json
+import os
+
+import pytest
+
+from coprop_jax import ablate as A
+from coprop_jax.utils.config import load_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SPEC = f"{ROOT}/configs/coprop.py:dataset=ms3,runlocal=True"
+
+
+def test_rows_and_runs_of_each_table():
+  base = load_config(SPEC)
+  t2a = A.plan_rows("2a", {})
+  assert [(r.keyframe, r.propagator, r.control_points) for r in t2a] == [
+      ("kpf", "aot", "cosine"), ("kpf_finetune", "aot", "cosine"),
+      ("kpf_finetune", "aot", "rcpg"), ("kpf_finetune", "aip_4layer", "rcpg")]
+  assert [bool(r.skip) for r in t2a] == [False, False, True, True]
+  assert "rcpg.model_name_or_path" in t2a[2].skip and "--rcpg_control_points rcpg=FILE" in t2a[2].skip
+  # runs of the rows that run only, each once, a fine-tune after the run it starts from
+  assert [r.name for r in A.runs_needed(t2a, base)] == ["kpf", "aot", "kpf_finetune"]
+  with_llm = A.plan_rows("2a", {"rcpg": "cp.jsonl"})
+  assert not any(r.skip for r in with_llm)
+  assert [r.name for r in A.runs_needed(with_llm, base)] == ["kpf", "aot", "kpf_finetune", "aip_4layer"]
+  t2b = A.plan_rows("2b", {"1step": "a.jsonl"})
+  assert [(r.control_points, bool(r.skip)) for r in t2b] == [
+      ("cosine", False), ("1step", False), ("3step", True), ("rcpg", True), ("gt", False)]
+  assert {r.model for r in t2b} == {"kpf_finetune+aip_4layer"}       # inference-only rows: one model
+  assert [r.name for r in A.runs_needed(t2b, base)] == ["kpf", "kpf_finetune", "aip_4layer"]
+  t5 = A.plan_rows("5", {})
+  assert [r.propagator for r in t5] == ["aot", "aip_1layer", "aip_4layer"]
+  assert {r.control_points for r in t5} == {"gt"}
+  assert {r.control_points for r in A.plan_rows("5", {"rcpg": "x"})} == {"rcpg"}
+  # a converted AOT is used as is: no aot training run
+  with base.unlocked():
+    base.propagator.aot_weights = "/ckpt/aotl"
+  assert "aot" not in [r.name for r in A.runs_needed(t5, base)]
+  with pytest.raises(A.AblateError, match="--table '3'"):
+    A.plan_rows("3", {})
+
+
+def test_run_configs_reuse_and_refusal(tmp_path):
+  c = A.run_config(SPEC, ["--config.train.num_steps=7"], A.RUNS["kpf_finetune"], tmp_path)
+  assert c.train.stage == "kpf_finetune" and c.train.num_steps == 7
+  assert c.train.init_from == str(tmp_path / "runs" / "kpf" / "checkpoints")
+  assert c.data.manual_dir == str(tmp_path / "data" / "synthetic")      # one data build for all runs
+  p = A.run_config(SPEC, [], A.RUNS["aot"], tmp_path)
+  assert p.train.stage == "propagator" and p.propagator.audio_insert_levels == ()
+  assert p.train.lr_schedule == "poly"                                   # coprop.py's stage-2 recipe
+  d = tmp_path / "runs" / "kpf"
+  k = A.run_config(SPEC, [], A.RUNS["kpf"], tmp_path)
+  assert not A.run_is_done(k, d)
+  d.mkdir(parents=True)
+  from coprop_jax.train.trainer import save_config
+  save_config(k, str(d), [])
+  assert not A.run_is_done(k, d)                                         # started, not finished
+  (d / "train_summary.json").write_text(json.dumps({"final_step": k.train.num_steps}))
+  assert A.run_is_done(k, d)
+  other = A.run_config(SPEC, ["--config.keyframe.d_model=16"], A.RUNS["kpf"], tmp_path)
+  with pytest.raises(A.AblateError, match="keyframe.d_model: 32 -> 16"):
+    A.run_is_done(other, d)
+  assert A.main(["--table", "2b", "--config", SPEC, "--workdir", str(tmp_path),
+                 "--rcpg_control_points", "2step=x.jsonl"]) == 1
+
+
+TINY = ["--config.train.num_steps=2", "--config.train.checkpoint_every=2", "--config.train.log_every=1",
+        "--config.eval.every_steps=0", "--config.data.synthetic.num_videos=6",
+        "--config.propagator.d_model=32", "--config.propagator.ffn_dim=64",
+        "--config.propagator.num_audio_tokens=2"]
+
+
+@pytest.mark.slow  # ~10 min here: three tiny trainings (KPF, fine-tune, propagator) + evaluation
+def test_table_2b_end_to_end_then_reused(tmp_path, capsys):
+  wd = tmp_path / "abl"
+  assert A.main(["--table", "2b", "--config", SPEC, "--workdir", str(wd), "--batch_size", "2", *TINY]) == 0
+  res = json.loads((wd / "table_2b.json").read_text())
+  assert res["runs"] == {"kpf": "trained", "kpf_finetune": "trained", "aip_4layer": "trained"}
+  rows = {r["name"]: r for r in res["rows"]}
+  for n in ("cp_cosine", "cp_gt"):
+    f = rows[n]["figures"]
+    assert 0 <= f["J"] <= 1 and 0 <= f["F"] <= 1 and 0 <= f["alignment_rate"] <= 1
+  for n in ("cp_1step", "cp_3step", "cp_rcpg"):
+    assert rows[n]["figures"] is None and rows[n]["skip"].startswith("not run")
+  md = (wd / "table_2b.md").read_text()
+  assert md.count("not run: needs a local audio LLM") == 3 and "| cosine |" in md
+  assert (wd / "eval_2b" / "comparison.md").is_file()
+  # again: every run and the model reused, the same figures
+  assert A.main(["--table", "2b", "--config", SPEC, "--workdir", str(wd), "--batch_size", "2", *TINY]) == 0
+  again = json.loads((wd / "table_2b.json").read_text())
+  assert set(again["runs"].values()) == {"reused"}
+  assert [r["figures"] for r in again["rows"]] == [r["figures"] for r in res["rows"]]
