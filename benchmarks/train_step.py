@@ -4,18 +4,25 @@
   PYTHONPATH=$PWD python benchmarks/train_step.py --preset tiny        # seconds
   PYTHONPATH=$PWD python benchmarks/train_step.py --preset paper --steps 2   # PVT-v2-b5, 224
   PYTHONPATH=$PWD python benchmarks/train_step.py --preset b0 --platform gpu --dtype bfloat16
+  PYTHONPATH=$PWD python benchmarks/train_step.py --stage propagator --preset tiny
+  PYTHONPATH=$PWD python benchmarks/train_step.py --stage propagator --preset paper --steps 2
 
-What is timed: one Keyframe Processor train step (`coprop_jax.train.state.make_train_step` over
-`keyframe_task.make_loss_fn`: forward + backward + Adam, state donated) on `batch` frames, lowered
-and compiled ahead of time from abstract shapes, then run `--steps` times on device-resident
-inputs after one warm-up step.
+What is timed: one train step (`coprop_jax.train.state.make_train_step`: forward + backward +
+Adam, state donated), lowered and compiled ahead of time from abstract shapes, then run `--steps`
+times on device-resident inputs after one warm-up step.
+  --stage kpf: the Keyframe Processor (`keyframe_task.make_loss_fn`) on `batch` frames;
+  --stage propagator: stage 2 (`propagator_losses.make_loss_fn`: the AIP propagated through
+    `batch` clips of `--frames` frames from a keyframe at frame 0, BPTT through the clip, AOT's
+    top-k CE + soft Jaccard; teacher forcing, the first phase of AOT's recipe). "paper" is
+    AOT-L sized (MobileNetV2 encoder, 3 LSTT layers, width 256, 224x224, AOT's 5-frame
+    sequences); frames_per_s counts every frame of the clips.
 
 Prints JSON lines:
   {"what": "peak", ...}       the peak used for utilisation: on CPU the dense-matmul FLOP/s
                               measured in this process (jitted NxN float32 matmul, best of
                               several runs); on GPU/TPU the published dense bf16 peak of the
                               device kind (PEAK_BF16 below) unless --peak_tflops is given.
-  {"what": "kpf_train_step", ...} compile_s (wall) and compile_cpu_s (CPU time of this process
+  {"what": "kpf_train_step" | "propagator_train_step", ...} compile_s (wall) and compile_cpu_s (CPU time of this process
                               over all its threads: on a shared box the wall time grows with
                               the load, the CPU time hardly), flops_per_step (XLA cost analysis, see below),
                               memory analysis (MiB), step_s (median), frames_per_s,
@@ -32,7 +39,8 @@ figure for a program with scanned layers would miss (depth - 1) layers. `flops_p
 therefore the cost analysis of the same step lowered with the layers unrolled and without remat
 (model FLOPs: what the network needs, not what rematerialisation recomputes), taken on the lowered
 HLO (no compile); `compiled_flops` is the compiled program's own figure when the program has no
-scanned layers.
+scanned layers. The propagator's scan over frames is unrolled for the count the same way (every
+`lax.scan` traced with unroll=True while the reference is lowered).
 
 --profile DIR writes a jax.profiler trace of the timed steps (TensorBoard / Perfetto); on CPU
 `benchmarks/profile_summary.py DIR` groups its XLA ops.
@@ -67,6 +75,12 @@ PEAK_BF16 = (
     ("TPU v2", 22.5),         # per core
 )
 
+PROPAGATOR_PRESETS = {
+    # name: (encoder, size, clips, frames, LSTT layers, d_model, heads, ffn)
+    "paper": ("mobilenet_v2", 224, 2, 5, 3, 256, 8, 1024),    # AOT-L sized
+    "tiny": ("mobilenet_v2", 64, 1, 3, 1, 64, 4, 128),
+}
+
 PRESETS = {
     # name: (backbone, size, batch, backbone_depths, d_model, num_heads, enc/dec layers)
     "paper": ("pvt_v2_b5", 224, 4, None, 256, 8, 2),
@@ -79,11 +93,16 @@ def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                               formatter_class=argparse.RawDescriptionHelpFormatter,
                               epilog=__doc__.split("\n\n", 1)[1])
+  p.add_argument("--stage", default="kpf", choices=["kpf", "propagator"])
   p.add_argument("--preset", default="b0", choices=sorted(PRESETS),
-                 help="paper: PVT-v2-b5 224 batch 4; b0: PVT-v2-b0 224 batch 4; tiny: 64 px")
+                 help="kpf: paper = PVT-v2-b5 224 batch 4; b0: PVT-v2-b0 224 batch 4; tiny: 64 px. "
+                      "propagator: paper = AOT-L sized, 224, 2 clips x 5 frames; tiny: 64 px")
+  p.add_argument("--frames", type=int, default=None, help="propagator: frames per clip")
+  p.add_argument("--layers", type=int, default=None, help="propagator: LSTT layers (override)")
   p.add_argument("--backbone", default=None, help="override the preset's backbone")
   p.add_argument("--size", type=int, default=None, help="override the preset's image size")
-  p.add_argument("--batch", type=int, default=None, help="frames per step (override)")
+  p.add_argument("--batch", type=int, default=None,
+                 help="frames (kpf) or clips (propagator) per step (override)")
   p.add_argument("--num_classes", type=int, default=1)
   p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
   p.add_argument("--scan_layers", type=int, default=1, choices=[0, 1],
@@ -109,21 +128,39 @@ def main(argv=None):
 
   import jax
   import jax.numpy as jnp
+
+  from coprop_jax.train.state import FAST_COMPILE
+
+  dev = jax.devices()[0]
+  peak = peak_flops(jax, jnp, dev, a)
+  print(json.dumps(peak), flush=True)
+  opts = dict(FAST_COMPILE if a.fast_compile else {}, **json.loads(a.xla_options)) or None
+  if a.stage == "propagator":
+    if a.preset not in PROPAGATOR_PRESETS:
+      sys.exit(f"train_step.py: --stage propagator has presets {sorted(PROPAGATOR_PRESETS)}")
+    build, host_batch, frames_per_step, rec = propagator_setup(a, opts)
+  else:
+    build, host_batch, frames_per_step, rec = kpf_setup(a, opts)
+  rec.update(dtype=a.dtype, compiler_options=opts or {}, platform=dev.platform,
+             device=dev.device_kind)
+  run(a, build, host_batch, frames_per_step, rec, peak, dev)
+
+
+def kpf_setup(a, opts):
+  """(build(scan, remat) -> (init, step), host batch, frames per step, record) of the KPF step."""
+  import jax
+  import jax.numpy as jnp
   import ml_collections
   import numpy as np
 
   from coprop_jax.models.keyframe import KeyframeProcessor
   from coprop_jax.train.tasks import kpf as keyframe_task
-  from coprop_jax.train.state import FAST_COMPILE, TrainState, make_optimizer, make_train_step
+  from coprop_jax.train.state import TrainState, make_optimizer, make_train_step
 
   backbone, size, batch, depths, d_model, heads, layers = PRESETS[a.preset]
   backbone = a.backbone or backbone
   size = a.size or size
   batch = a.batch or batch
-  dev = jax.devices()[0]
-
-  peak = peak_flops(jax, jnp, dev, a)
-  print(json.dumps(peak), flush=True)
 
   def make_model(scan_layers: bool, remat: bool):
     return KeyframeProcessor(backbone=backbone, d_model=d_model, num_heads=heads,
@@ -144,10 +181,8 @@ def main(argv=None):
     host_batch["masks"] = rng.integers(0, a.num_classes, (batch, 1, size, size)).astype(np.int32)
   tx = make_optimizer(tc)
   one = keyframe_task.flatten_frames({k: v[:1] for k, v in host_batch.items()})
-  abstract_batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), host_batch)
-  opts = dict(FAST_COMPILE if a.fast_compile else {}, **json.loads(a.xla_options)) or None
 
-  def build(model):
+  def build_model(model):
     def init():
       v = dict(model.init(jax.random.PRNGKey(0), jnp.asarray(one["frames"]),
                           audio_embed=jnp.asarray(one["audio_embed"])))
@@ -157,16 +192,90 @@ def main(argv=None):
                            compiler_options=opts)
     return init, step
 
-  model = make_model(bool(a.scan_layers), bool(a.remat))
-  init, step = build(model)
+  rec = dict(what="kpf_train_step", backbone=backbone, size=size, batch_frames=batch,
+             d_model=d_model, layers=layers, backbone_depths=depths, scan_layers=a.scan_layers,
+             remat=a.remat)
+  return (lambda scan, remat: build_model(make_model(scan, remat))), host_batch, batch, rec
+
+
+def propagator_setup(a, opts):
+  """(build(scan, remat) -> (init, step), host batch, frames per step, record) of the stage-2
+  step (see the module docstring)."""
+  import jax
+  import numpy as np
+
+  from configs.base import get_base_config
+  from coprop_jax import pipeline
+  from coprop_jax.train import propagator_losses
+  from coprop_jax.train.state import TrainState, make_optimizer, make_train_step
+
+  encoder, size, clips, frames, layers, d_model, heads, ffn = PROPAGATOR_PRESETS[a.preset]
+  size, clips, frames = a.size or size, a.batch or clips, a.frames or frames
+  layers = a.layers or layers
+  cfg = get_base_config()
+  p = cfg.propagator
+  p.encoder, p.num_layers, p.d_model, p.num_heads, p.ffn_dim = encoder, layers, d_model, heads, ffn
+  p.dtype = a.dtype
+  cfg.keyframe.num_classes = 1
+  cfg.train.num_steps = 1000
+  rng = np.random.default_rng(0)
+  host_batch = dict(
+      frames=rng.normal(size=(clips, frames, size, size, 3)).astype(np.float32),
+      masks=(rng.random((clips, frames, size, size)) > 0.5).astype(np.int32),
+      gt_valid=np.ones((clips, frames), bool), frame_valid=np.ones((clips, frames), bool),
+      audio_embed=rng.normal(size=(clips, frames, 128)).astype(np.float32),
+      control_points=np.eye(1, frames, dtype=np.int32).repeat(clips, 0))
+  tx = make_optimizer(cfg.train)
+
+  def build(scan: bool, remat: bool):
+    del scan          # the LSTT layers are a Python loop (no scan variant)
+    p.remat = bool(remat)
+
+    def init():
+      params = pipeline.init_params(cfg, jax.random.PRNGKey(0), size, audio_logmel=False)
+      trainable, extra = pipeline.split_train_params(params)
+      return TrainState.create(trainable, tx, extra=extra)
+
+    step = make_train_step(propagator_losses.make_loss_fn(cfg), compiler_options=opts)
+    return init, step
+
+  rec = dict(what="propagator_train_step", encoder=encoder, size=size, clips=clips,
+             frames_per_clip=frames, layers=layers, d_model=d_model, remat=a.remat)
+  return build, host_batch, clips * frames, rec
+
+
+class _unrolled_scans:
+  """While active, every `jax.lax.scan` is traced fully unrolled (for FLOP counting only)."""
+
+  def __enter__(self):
+    import functools
+    import jax
+    self.orig = jax.lax.scan
+    jax.lax.scan = functools.partial(self.orig, unroll=True)
+
+  def __exit__(self, *exc):
+    import jax
+    jax.lax.scan = self.orig
+
+
+def run(a, build, host_batch, batch, rec, peak, dev):
+  """Lowers, compiles, times and prints one record (see the module docstring)."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  init, step = build(bool(a.scan_layers), bool(a.remat))
+  abstract_batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), host_batch)
   abstract_state = jax.eval_shape(init)
   nparams = int(sum(np.prod(x.shape) for x in jax.tree.leaves(abstract_state.params)))
 
   # Model FLOPs from the unrolled, remat-free lowering (see the module docstring).
   t0 = time.perf_counter()
-  ref_init, ref_step = build(make_model(False, False))
-  flops_lowered = cost_flops(ref_step.lower(jax.eval_shape(ref_init), abstract_batch))
+  ref_init, ref_step = build(False, False)
+  with _unrolled_scans():
+    flops_lowered = cost_flops(ref_step.lower(jax.eval_shape(ref_init), abstract_batch))
   flops_s = time.perf_counter() - t0
+  init, step = build(bool(a.scan_layers), bool(a.remat))
 
   t0 = time.perf_counter()
   lowered = step.lower(abstract_state, abstract_batch)
@@ -174,14 +283,10 @@ def main(argv=None):
   t0, c0 = time.perf_counter(), time.process_time()
   compiled = lowered.compile()
   compile_s, compile_cpu_s = time.perf_counter() - t0, time.process_time() - c0
-  rec = dict(what="kpf_train_step", backbone=backbone, size=size, batch_frames=batch,
-             d_model=d_model, layers=layers, backbone_depths=depths, dtype=a.dtype,
-             scan_layers=a.scan_layers, remat=a.remat, compiler_options=opts or {},
-             platform=dev.platform, device=dev.device_kind, params=nparams,
-             lower_s=round(lower_s, 2), compile_s=round(compile_s, 2),
+  rec.update(params=nparams, lower_s=round(lower_s, 2), compile_s=round(compile_s, 2),
              compile_cpu_s=round(compile_cpu_s, 2),
              flops_per_step=flops_lowered, flops_lowering_s=round(flops_s, 2))
-  if not a.scan_layers:
+  if not a.scan_layers and rec["what"] == "kpf_train_step":
     rec["compiled_flops"] = cost_flops(compiled)
   mem = compiled.memory_analysis()
   if mem is not None:

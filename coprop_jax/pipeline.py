@@ -11,7 +11,9 @@ object-id masks on the device, then runs ONE `jax.jit` + `lax.scan` over all fra
 (`coprop_jax.propagation.propagate`) in which each keyframe resets its clip's memory and becomes
 the new reference. Clips with different control points share one executable. KPF-only (every
 frame a keyframe) and propagation-only (a control point at frame 0 only) are the same call with
-other control points.
+other control points. `segment_chunk` does the same for consecutive chunks of long clips,
+carrying the propagator's memory (and the open segment's identity) from one chunk to the next:
+any length in flat memory, the same frames as one whole-clip call (`coprop_jax.predict`).
 
 Identity (keyframe mask -> propagator object ids):
   * binary (config.keyframe.num_classes == 1, S4/MS3): KPF probability > 0.5 -> object 1
@@ -33,6 +35,7 @@ switch, BPTT through the scan with optional remat. Losses: `coprop_jax.train.pro
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Optional, Union
 
 import jax
@@ -265,6 +268,22 @@ class Segmenter:
     num_keyframes, classes_dropped, classes_dropped_per_clip, empty_keyframes). Invalid frames
     are 0 everywhere.
     """
+    return self._segment(params, batch, keyframes, None)[0]
+
+  def segment_chunk(self, params, batch: dict, state: Optional["StreamState"] = None, *,
+                    keyframes: Union[str, Any] = "kpf") -> tuple[dict, "StreamState"]:
+    """`segment` for consecutive chunks of the same clips (any length, flat memory).
+
+    Call with state=None for the first chunk, then with the returned state for each next chunk
+    (same B, H, W; every chunk the same T so one executable serves all; pad the last with
+    frame_valid False). The propagator's memory, the current segment's object -> class table and
+    its object count are carried, so a clip's first frame in a chunk need not be a keyframe (it
+    continues the segment of the previous chunk); the outputs over all chunks equal one
+    `segment` call on the whole clips up to float rounding. Returns (outputs as `segment` for this
+    chunk, new state)."""
+    return self._segment(params, batch, keyframes, state, streaming=True)
+
+  def _segment(self, params, batch, keyframes, state, streaming=False):
     frames = batch.get("frames")
     if frames is None or np.ndim(frames) != 5 or np.shape(frames)[-1] != 3:
       raise ValueError(f"batch['frames']: expected [B, T, H, W, 3], got shape {np.shape(frames)}")
@@ -278,6 +297,10 @@ class Segmenter:
     fv = np.asarray(batch.get("frame_valid", np.ones((b, t), bool))).astype(bool)
     if fv.shape != (b, t):
       raise ValueError(f"batch['frame_valid']: expected [B, T] = {(b, t)}, got {fv.shape}")
+    if state is not None and state.started.shape != (b,):
+      raise ValueError(f"segment_chunk: the state is for {state.started.shape[0]} clips, the batch "
+                       f"has {b}")
+    started = np.zeros(b, bool) if state is None else state.started
     vids = [_video_name(v) for v in batch["video_id"]] if "video_id" in batch else None
     is_kf = (cp == 1) & fv
     idx = np.argwhere(is_kf)
@@ -285,17 +308,23 @@ class Segmenter:
     names = [f"{clip(i)} frame {tt}" for i, tt in idx]
     for i in range(b):
       valid_t = np.flatnonzero(fv[i])
-      if valid_t.size and not is_kf[i, valid_t[0]]:
+      if valid_t.size and not is_kf[i, valid_t[0]] and not started[i]:
         raise ValueError(f"{clip(i)}: control_points at its first valid frame {valid_t[0]} is 0; "
                          "the first frame is always a keyframe")
-    if not len(idx):  # every frame of the batch is padding: nothing to run
+    if not len(idx) and not (started & fv.any(1)).any():  # nothing to run
       z = np.zeros((b, t, h, w), np.int32)
       return dict(masks=z, object_ids=z.copy(), fg_prob=z.astype(np.float32), is_keyframe=is_kf,
                   num_objects=np.zeros((b, t), np.int32),
                   report=dict(keyframes=str(keyframes) if isinstance(keyframes, str) else "masks",
                               num_keyframes=0, classes_dropped=0, classes_dropped_per_clip=[0] * b,
-                              empty_keyframes=0))
-    kf, source = self._keyframes(params, batch, keyframes, idx, names)
+                              empty_keyframes=0)), state
+    if len(idx):
+      kf, source = self._keyframes(params, batch, keyframes, idx, names)
+    else:   # streaming: every clip continues its segment through this chunk
+      kf = dict(ids=np.zeros((0, h, w), np.int32), num_objects=np.zeros(0, np.int32),
+                id_to_class=np.zeros((0, state.id_to_class.shape[1]), np.int32),
+                dropped=np.zeros(0, np.int32), prob=np.zeros((0, h, w), np.float32))
+      source = keyframes if isinstance(keyframes, str) else f"masks:{getattr(keyframes, 'path', '?')}"
 
     def scatter(v, fill=0):
       v = np.asarray(v)
@@ -314,20 +343,27 @@ class Segmenter:
       audio.update(audio_logmel=np.asarray(batch["audio_logmel"], np.float32), vggish_params=vgg)
     else:
       raise ValueError("batch: needs 'audio_embed' [B, T, 128] or 'audio_logmel' [B, T, 96, 64]")
+    stream = dict(memory=None if state is None else state.memory, return_memory=True) if streaming else {}
     out = self.propagate({"propagator": params["propagator"], "encoder": params.get("encoder")},
-                         frames, kf_ids, is_kf, kf_n, frame_valid=fv, video_ids=vids, **audio)
+                         frames, kf_ids, is_kf, kf_n, frame_valid=fv, video_ids=vids, **audio, **stream)
+    out, memory = out if streaming else (out, None)
     ids = np.asarray(out["ids"])
     fg = np.array(out["fg_prob"])
     fg[idx[:, 0], idx[:, 1]] = kf["prob"]
     start = segment_starts(is_kf)
     seg = np.maximum(start, 0)
     bi = np.arange(b)[:, None]
+    carried = (start < 0) & started[:, None]   # frames continuing the previous chunk's segment
+    prev_n = np.zeros(b, np.int32) if state is None else state.num_objects
+    nobj = np.where(carried, prev_n[:, None], kf_n[bi, seg])
     if self.semantic:
       table = scatter(kf["id_to_class"])[bi, seg]                      # [B, T, ids]
+      if state is not None:
+        table = np.where(carried[..., None], state.id_to_class[:, None], table)
       masks = np.take_along_axis(table, ids.reshape(b, t, -1), axis=2).reshape(ids.shape)
     else:
       masks = ids.copy()
-    valid = fv & (start >= 0)
+    valid = fv & ((start >= 0) | started[:, None])
     masks = np.where(valid[..., None, None], masks, 0).astype(np.int32)
     dropped = np.zeros(b, np.int64)
     np.add.at(dropped, idx[:, 0], np.asarray(kf["dropped"], np.int64))
@@ -335,9 +371,35 @@ class Segmenter:
                   classes_dropped_per_clip=dropped.tolist(),
                   empty_keyframes=int(np.sum(np.asarray(kf["num_objects"]) == 0)
                                       if self.semantic else np.sum(~np.asarray(kf["ids"]).any((1, 2)))))
-    return dict(masks=masks, object_ids=np.where(valid[..., None, None], ids, 0).astype(np.int32),
-                fg_prob=np.where(valid[..., None, None], fg, 0).astype(np.float32), is_keyframe=is_kf,
-                num_objects=kf_n[bi, seg] * valid, report=report)
+    result = dict(masks=masks, object_ids=np.where(valid[..., None, None], ids, 0).astype(np.int32),
+                  fg_prob=np.where(valid[..., None, None], fg, 0).astype(np.float32), is_keyframe=is_kf,
+                  num_objects=(nobj * valid).astype(np.int32), report=report)
+    new_state = None
+    if streaming:
+      last = start[:, -1]                                   # latest keyframe of each clip, -1: none
+      table_now = scatter(kf["id_to_class"])[np.arange(b), np.maximum(last, 0)]
+      has = last >= 0
+      prev_table = np.zeros_like(table_now) if state is None else state.id_to_class
+      new_state = StreamState(memory=memory, started=started | has,
+                              id_to_class=np.where(has[:, None], table_now, prev_table).astype(np.int32),
+                              num_objects=np.where(has, kf_n[np.arange(b), np.maximum(last, 0)],
+                                                   prev_n).astype(np.int32))
+    return result, new_state
+
+
+@dataclasses.dataclass
+class StreamState:
+  """What `Segmenter.segment_chunk` carries from one chunk to the next (nothing T-sized).
+
+  memory: the propagator's `propagation.Memory` (device arrays) after the chunk's last frame.
+  started: [B] bool, the clip has had a keyframe (a segment is open).
+  id_to_class: [B, max_objects + 1] int32, the open segment's object id -> class table (semantic).
+  num_objects: [B] int32, the open segment's object count.
+  """
+  memory: Any
+  started: np.ndarray
+  id_to_class: np.ndarray
+  num_objects: np.ndarray
 
 
 def _binary_identity(ids, max_objects: int) -> dict:

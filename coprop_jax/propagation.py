@@ -18,6 +18,11 @@ oldest entry the logits drift (measured against AOT on a 40-frame clip: ~1e-2 re
 Compiled memory is flat in T: inputs are read with a dynamic index inside the step and outputs
 written into preallocated buffers in the carry (no time-major copies); a frame invalid for the
 whole batch (length-bucket padding) is skipped by `lax.cond` (no network runs).
+
+Streaming (any length, flat memory): `propagate(..., memory=m, return_memory=True)` starts from
+the carry `m` of the previous call and returns the carry after the last frame, so a long video
+cut into consecutive chunks gives the frames of one whole-clip call (`make_propagate_fn`'s
+`run(..., memory=..., return_memory=True)`; `pipeline.Segmenter.segment_chunk`).
 """
 from __future__ import annotations
 
@@ -118,6 +123,16 @@ def frame_audio(t, audio_embed: Optional[Array], audio_logmel: Optional[Array], 
   return jax.lax.stop_gradient(VGGish(dtype=dtype).apply({"params": vggish_params}, _at(audio_logmel, t)))
 
 
+def empty_memory(model: Propagator, encode: Encode, encoder_vars, frames_shape, frames_dtype,
+                 memory_slots: int) -> Memory:
+  """The all-invalid carry for frames [B, H, W, 3] (`frames_shape` = (B, T, H, W, 3) or
+  (B, H, W, 3)); token count from the encoder's 1/16 map (shape-only evaluation)."""
+  b, hh, ww = frames_shape[0], frames_shape[-3], frames_shape[-2]
+  f16 = jax.eval_shape(lambda x: encode(encoder_vars, x), jax.ShapeDtypeStruct((b, hh, ww, 3), frames_dtype))[3]
+  return Memory.empty(model.num_layers, b, memory_slots, f16.shape[1] * f16.shape[2], model.d_model,
+                      model.dtype)
+
+
 def propagate(model: Propagator, params, frames: Array, keyframe_masks: Array, is_keyframe: Array,
               num_objects: Array, *, encode: Encode, audio_embed: Optional[Array] = None,
               audio_logmel: Optional[Array] = None, vggish_params=None,
@@ -125,7 +140,8 @@ def propagate(model: Propagator, params, frames: Array, keyframe_masks: Array, i
               train: bool = False, rng=None, remat: bool = False,
               teacher_masks: Optional[Array] = None, teacher_valid: Optional[Array] = None,
               teacher_forcing=False, freeze_id=None,
-              id_perm: Optional[Array] = None, return_logits: bool = False) -> dict:
+              id_perm: Optional[Array] = None, return_logits: bool = False,
+              memory: Optional[Memory] = None, return_memory: bool = False):
   """Segments every frame of a batch of clips by propagation from their keyframes (traceable).
 
   params: {"propagator": Propagator params, "encoder": encoder variables for `encode`}.
@@ -143,9 +159,13 @@ def propagate(model: Propagator, params, frames: Array, keyframe_masks: Array, i
     the short-term memory instead of the prediction where `teacher_forcing` (traced bool) and
     teacher_valid [B, T] (the frame has GT); freeze_id (traced bool) stops the ID bank's
     gradient; id_perm [B, ids] AOT's id shuffle (see `Propagator.frame`).
+  memory: the carry to start from (default: empty, `empty_memory`): the `Memory` returned by the
+    call on the previous frames of the same clips (streaming). A clip whose memory holds a segment
+    may start with a non-keyframe; it continues that segment.
   Returns {"ids": [B, T, H, W] int32 (keyframes: their mask), "fg_prob": [B, T, H, W] float32
     (1 - softmax background over the allowed ids; keyframes: mask > 0)} and with return_logits
-    "logits": [B, T, H, W, ids] float32 (keyframes: +-10 one-hot of their mask).
+    "logits": [B, T, H, W, ids] float32 (keyframes: +-10 one-hot of their mask); with
+    return_memory, the tuple (that dict, the `Memory` after the last frame).
   """
   b, t_len, hh, ww = frames.shape[:4]
   n_ids = model.max_objects + 1
@@ -164,10 +184,8 @@ def propagate(model: Propagator, params, frames: Array, keyframe_masks: Array, i
   apply = functools.partial(model.apply, {"params": params["propagator"]})
   enc_vars = params.get("encoder")
 
-  # Memory shapes from the encoder's 1/16 map (shape-only evaluation, nothing runs).
-  f16 = jax.eval_shape(lambda x: encode(enc_vars, x), jax.ShapeDtypeStruct((b, hh, ww, 3), frames.dtype))[3]
-  mem0 = Memory.empty(model.num_layers, b, memory_slots, f16.shape[1] * f16.shape[2], model.d_model,
-                      model.dtype)
+  mem0 = memory if memory is not None else empty_memory(model, encode, enc_vars, frames.shape,
+                                                        frames.dtype, memory_slots)
   outs0 = dict(ids=jnp.zeros((b, t_len, hh, ww), jnp.int32),
                fg_prob=jnp.zeros((b, t_len, hh, ww), jnp.float32))
   if return_logits:
@@ -211,8 +229,8 @@ def propagate(model: Propagator, params, frames: Array, keyframe_masks: Array, i
     outs = {k: jax.lax.dynamic_update_index_in_dim(outs[k], out[k], t, 1) for k in outs}
     return (mem, outs), None
 
-  (_, outs), _ = jax.lax.scan(step, (mem0, outs0), jnp.arange(t_len, dtype=jnp.int32))
-  return outs
+  (mem, outs), _ = jax.lax.scan(step, (mem0, outs0), jnp.arange(t_len, dtype=jnp.int32))
+  return (outs, mem) if return_memory else outs
 
 
 # ----------------------------------------------------------------------------- host-level entry
@@ -230,9 +248,11 @@ def pad_time(x: np.ndarray, t_pad: int, value=0) -> np.ndarray:
 
 
 def check_inputs(frames, keyframe_masks, is_keyframe, num_objects, frame_valid, max_objects: int,
-                 video_ids=None) -> np.ndarray:
+                 video_ids=None, continuing=None) -> np.ndarray:
   """Host-side checks of `propagate`'s inputs (shapes, ids, first keyframe) with clear errors.
 
+  continuing: [B] bool, clips whose memory already holds a segment (streaming): their first
+  valid frame need not be a keyframe.
   Returns num_objects as [B, T] int32. An object id above the segment's `num_objects` (or above
   `max_objects`) is an error: jax's one_hot would silently turn it into background."""
   name = lambda i: f"clip {i}" + ("" if video_ids is None else f" (video {video_ids[i]!r})")
@@ -252,9 +272,10 @@ def check_inputs(frames, keyframe_masks, is_keyframe, num_objects, frame_valid, 
     n = np.repeat(n[:, None], t, 1)
   if n.shape != (b, t):
     raise ValueError(f"num_objects: expected [B] or [B, T] = {(b, t)}, got {n.shape}")
+  cont = np.zeros(b, bool) if continuing is None else np.asarray(continuing, bool)
   for i in range(b):
     valid_t = np.flatnonzero(fv[i])
-    if valid_t.size and not isk[i, valid_t[0]]:
+    if valid_t.size and not isk[i, valid_t[0]] and not cont[i]:
       raise ValueError(f"{name(i)}: its first valid frame {valid_t[0]} is not a keyframe "
                        "(control point 1): there is no reference to propagate from")
     for tt in np.flatnonzero(isk[i] & fv[i]):
@@ -272,26 +293,42 @@ def make_propagate_fn(model: Propagator, encode: Encode, *, memory_slots: int = 
                       length_bucket: int = 0, remat: bool = False, return_logits: bool = False,
                       compiler_options: Optional[dict] = None):
   """Host-level propagation: run(params, frames, keyframe_masks, is_keyframe, num_objects, *,
-  audio_embed=None, audio_logmel=None, vggish_params=None, frame_valid=None, video_ids=None)
-  -> dict of [B, T, ...] jax arrays (see `propagate`).
+  audio_embed=None, audio_logmel=None, vggish_params=None, frame_valid=None, video_ids=None,
+  memory=None, return_memory=False) -> dict of [B, T, ...] jax arrays (see `propagate`), or with
+  return_memory the tuple (dict, Memory after the last frame).
 
   Inputs are checked on the host (`check_inputs`); with `length_bucket` > 1 the clip is padded to
   the next multiple of it (frame_valid False on the padding) so every length in a bucket reuses
-  one executable (`run.jitted`), and outputs are cut back to T.
+  one executable (`run.jitted`), and outputs are cut back to T. Streaming: pass the previous
+  call's Memory as `memory`; a clip whose memory holds a segment (`memory.valid[:, 0]`) may
+  start with a non-keyframe. Without `memory` an empty one is built on the host, so whole clips
+  and the chunks of a stream of the same [B, T] share one executable.
   """
   def fn(params, frames, keyframe_masks, is_keyframe, num_objects, audio_embed, audio_logmel,
-         vggish_params, frame_valid):
+         vggish_params, frame_valid, memory):
     return propagate(model, params, frames, keyframe_masks, is_keyframe, num_objects, encode=encode,
                      audio_embed=audio_embed, audio_logmel=audio_logmel, vggish_params=vggish_params,
                      frame_valid=frame_valid, memory_slots=memory_slots, mem_gap=mem_gap, remat=remat,
-                     return_logits=return_logits)
+                     return_logits=return_logits, memory=memory, return_memory=True)
   jitted = jax.jit(fn, compiler_options=compiler_options)
+  shapes = {}   # (B, H, W, dtype) -> the empty memory's shapes (tracing the encoder takes a while)
 
   def run(params, frames, keyframe_masks, is_keyframe, num_objects, *, audio_embed=None,
-          audio_logmel=None, vggish_params=None, frame_valid=None, video_ids=None):
+          audio_logmel=None, vggish_params=None, frame_valid=None, video_ids=None, memory=None,
+          return_memory=False):
     b, t = np.shape(frames)[:2]
+    if memory is None:
+      key = (b,) + tuple(np.shape(frames)[2:4]) + (str(np.asarray(frames).dtype),)
+      if key not in shapes:
+        shapes[key] = jax.eval_shape(lambda: empty_memory(model, encode, params.get("encoder"),
+                                                          np.shape(frames), np.asarray(frames).dtype,
+                                                          memory_slots))
+      memory = jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, x.dtype), shapes[key])
+      continuing = None
+    else:
+      continuing = np.asarray(memory.valid[:, 0])
     n = check_inputs(frames, keyframe_masks, is_keyframe, num_objects, frame_valid, model.max_objects,
-                     video_ids)
+                     video_ids, continuing)
     fv = np.ones((b, t), bool) if frame_valid is None else np.asarray(frame_valid, bool)
     for key, a, want in (("audio_embed", audio_embed, 3), ("audio_logmel", audio_logmel, 4)):
       if a is not None and (np.ndim(a) != want or np.shape(a)[:2] != (b, t)):
@@ -299,9 +336,10 @@ def make_propagate_fn(model: Propagator, encode: Encode, *, memory_slots: int = 
                          f"got shape {np.shape(a)}")
     tp = bucket_length(t, length_bucket)
     pad = lambda x, v=0: None if x is None else (pad_time(x, tp, v) if tp != t else x)
-    out = jitted(params, pad(frames), pad(np.asarray(keyframe_masks, np.int32)),
-                 pad(np.asarray(is_keyframe, bool), False), pad(n), pad(audio_embed),
-                 pad(audio_logmel), vggish_params, pad(fv, False))
-    return {k: v[:, :t] for k, v in out.items()} if tp != t else out
+    out, mem = jitted(params, pad(frames), pad(np.asarray(keyframe_masks, np.int32)),
+                      pad(np.asarray(is_keyframe, bool), False), pad(n), pad(audio_embed),
+                      pad(audio_logmel), vggish_params, pad(fv, False), memory)
+    out = {k: v[:, :t] for k, v in out.items()} if tp != t else out
+    return (out, mem) if return_memory else out
   run.jitted = jitted
   return run

@@ -176,6 +176,7 @@ def make_iterator(data_cfg, split: str = "train", train: bool = True, **kw):
 def to_global_array(batch: dict, mesh, data_axis: str = "data") -> dict:
   """Host-local batch -> dict of global jax.Arrays sharded along `data_axis` (dim 0).
 
+  `data_axis`: a mesh axis name or a tuple of them (the trainer splits over ("data", "fsdp")).
   Host-only keys (video_id, category) stay numpy. Each host passes its own slice; the global
   batch size is local * number of processes.
   """

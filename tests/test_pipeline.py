@@ -192,6 +192,34 @@ def test_bad_inputs_give_clear_errors(setup):
     seg.segment(params, batch, keyframes="oracle")
 
 
+def test_chunked_streaming_equals_one_shot_segment(setup):
+  """`segment_chunk` over 3 consecutive 2-frame chunks (padded to the same 8-frame bucket: one
+  executable) == one `segment` call on the 6-frame clips: the memory (ring position included: it
+  wraps in clip 0), the open segment and its object count are carried; clip 1 gets a keyframe
+  inside the second chunk and the last chunk has no keyframe at all (no keyframe masks needed)."""
+  _, seg, params = setup
+  batch = make_batch(7, cp=[[1, 0, 0, 0, 0, 0], [1, 0, 0, 1, 0, 0]])
+  whole = seg.segment(params, batch, keyframes="gt")
+  state, parts = None, []
+  for a in range(0, T, 2):
+    chunk = {k: (v[:, a:a + 2] if k != "video_id" else v) for k, v in batch.items()}
+    out, state = seg.segment_chunk(params, chunk, state, keyframes="gt")
+    parts.append(out)
+    assert state.started.all() and out["report"]["num_keyframes"] == int(chunk["control_points"].sum())
+  cat = lambda k: np.concatenate([p[k] for p in parts], axis=1)
+  np.testing.assert_array_equal(cat("masks"), whole["masks"])
+  np.testing.assert_array_equal(cat("object_ids"), whole["object_ids"])
+  np.testing.assert_allclose(cat("fg_prob"), whole["fg_prob"], atol=1e-5)
+  np.testing.assert_array_equal(cat("num_objects"), whole["num_objects"])
+  assert 0 < whole["masks"][:, 1:].mean() < 1   # something propagated
+  assert seg.propagate.jitted._cache_size() == 1
+  # A first chunk must start with a keyframe; a state for other clips is refused.
+  with pytest.raises(ValueError, match="first valid frame 0 is 0"):
+    seg.segment_chunk(params, dict(batch, control_points=np.zeros((B, T), np.int32)))
+  with pytest.raises(ValueError, match="state is for 2 clips, the batch has 1"):
+    seg.segment_chunk(params, {k: v[:1] for k, v in batch.items()}, state)
+
+
 def classes_to_ids_reference(mask, max_objects):
   """numpy, from the definition: classes by area (desc), ties by class id; ids 1..max_objects."""
   cls, area = np.unique(mask[mask > 0], return_counts=True)
@@ -250,6 +278,19 @@ def test_semantic_pipeline_maps_ids_back_to_classes(tmp_path):
   np.testing.assert_array_equal(out["masks"], np.where(batch["masks"] == 2, 0, batch["masks"]))
   out = seg.segment(params, dict(batch, control_points=np.eye(1, T, dtype=np.int32).repeat(B, 0)))
   assert out["masks"].shape == (B, T, S, S) and set(np.unique(out["masks"])) <= {0, 1, 2, 3, 4, 5, 6}
+  # Streaming: each segment's id -> class table is carried into the chunks without a keyframe.
+  cp = np.array([[1, 0, 0, 0, 0, 0], [1, 0, 0, 1, 0, 0]], np.int32)
+  batch = dict(batch, control_points=cp)
+  batch["masks"][1, 3:] = np.where(batch["masks"][1, 3:] == 4, 5, batch["masks"][1, 3:])  # new classes
+  whole = seg.segment(params, batch, keyframes="gt")
+  state, parts = None, []
+  for a in range(0, T, 2):
+    o, state = seg.segment_chunk(params, {k: (v[:, a:a + 2] if k != "video_id" else v)
+                                          for k, v in batch.items()}, state, keyframes="gt")
+    parts.append(o["masks"])
+  np.testing.assert_array_equal(np.concatenate(parts, 1), whole["masks"])
+  assert whole["masks"][:, 4:].any()   # the last chunk (no keyframe) maps propagated ids to classes
+  assert set(np.unique(whole["masks"][0, 1:])) <= {0, 4, 6} and set(np.unique(whole["masks"][1, 4:])) <= {0, 5, 6}
 
 
 @pytest.mark.slow  # real MobileNetV2 + tiny PVT compiles on CPU

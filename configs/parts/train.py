@@ -34,6 +34,29 @@ def get_train_config() -> ml_collections.ConfigDict:
   # Persistent XLA compilation cache directory ("" = off; "{workdir}" expands to --workdir):
   # a rerun or resume with the same shapes loads the compiled step instead of compiling it.
   c.compilation_cache_dir = ""
+  # Device mesh ('data', 'fsdp') over every device of every host (coprop_jax/train/sharding.py).
+  # The global batch (data.batch_size) is split over data x fsdp devices and must divide by
+  # their number; parameter and optimizer-state leaves of >= fsdp_min_size elements (weight
+  # matrices, conv kernels; never biases or norm scales) are split over 'fsdp', the rest
+  # replicated. mesh_fsdp=1 is plain data parallelism. May change on resume (the checkpoint is
+  # restored onto the new mesh).
+  c.mesh_data = -1           # devices along 'data'; -1 = all devices not taken by 'fsdp'
+  c.mesh_fsdp = 1            # devices along 'fsdp' (parameter sharding); 1 = replicated
+  c.fsdp_min_size = 2 ** 14  # smallest leaf (elements) that is sharded over 'fsdp'
+  # Multi-host runs (coprop_jax/train/distributed.py): jax.distributed.initialize() before the
+  # first device is touched; each host then reads its own slice of the data (grain shards by
+  # process index) and the trainer assembles global batches.
+  c.distributed = ml_collections.ConfigDict()
+  # "auto": initialize when the environment describes a multi-process cluster (a TPU pod slice
+  # with several hosts, a SLURM job step with several tasks, Open MPI with several ranks,
+  # JAX_COORDINATOR_ADDRESS) or coordinator_address is set; "off": one process, never
+  # initialize; "on": always initialize (JAX detects the cluster; an error where none is found).
+  c.distributed.mode = "auto"
+  # Explicit cluster (all three, same on every host but process_id): "host:port" of process 0,
+  # the number of processes and this process's index. "" / -1: from the environment.
+  c.distributed.coordinator_address = ""
+  c.distributed.num_processes = -1
+  c.distributed.process_id = -1
   # Loss weights (binary: BCE + IoU; AVSS: CE + Dice).
   c.loss = ml_collections.ConfigDict()
   c.loss.bce_weight = 1.0

@@ -106,10 +106,11 @@ def overlay_figure(frames: np.ndarray, pred_masks: np.ndarray, gt_masks: Optiona
                    control_points: Optional[np.ndarray] = None, gt_valid: Optional[np.ndarray] = None,
                    frame_valid: Optional[np.ndarray] = None, timestamps: Optional[np.ndarray] = None,
                    title: Optional[str] = None, names: Optional[dict] = None, max_cols: int = 8,
-                   cell_px: int = 160) -> Figure:
+                   cell_px: int = 160, indices: Optional[Sequence[int]] = None) -> Figure:
   """frames uint8 [T,H,W,3]; pred_masks / gt_masks int [T,H,W] (ids as `media.overlay_masks`);
   control_points [T] (1 = keyframe); gt_valid / frame_valid bool [T]; timestamps [T] seconds;
-  names: {mask id: label} to print a colour key (e.g. AVSS class names).
+  names: {mask id: label} to print a colour key (e.g. AVSS class names); indices [T]: the frame
+  numbers printed as "t=" (default 0..T-1; e.g. the positions of frames sampled from a long clip).
 
   Grid of the valid frames, at most `max_cols` per block (blocks balanced); each block has a "prediction" row and, when
   gt_masks is given, a "ground truth" row. Figure size in pixels: cols*cell_px + 100 wide,
@@ -128,6 +129,8 @@ def overlay_figure(frames: np.ndarray, pred_masks: np.ndarray, gt_masks: Optiona
   idx = np.flatnonzero(fv)
   if idx.size == 0:
     raise ValueError("overlay_figure: no valid frame to show")
+  if indices is not None and len(indices) != t_len:
+    raise ValueError(f"indices: expected {t_len} frame numbers, got {len(indices)}")
   ious = frame_iou(pred, gt) if gt is not None else None
   blocks = -(-idx.size // max_cols)
   cols = -(-idx.size // blocks)   # balanced: 10 frames at max_cols=8 -> 2 blocks of 5
@@ -163,7 +166,8 @@ def overlay_figure(frames: np.ndarray, pred_masks: np.ndarray, gt_masks: Optiona
       ax.set_yticks([])
       if r == 0:
         ax.imshow(over_p[t], interpolation="nearest")
-        lab = f"t={t}" + (f"  {timestamps[t]:.1f}s" if timestamps is not None else "")
+        lab = f"t={t if indices is None else int(indices[t])}" + (
+            f"  {timestamps[t]:.1f}s" if timestamps is not None else "")
         if ious is not None and gv[t]:
           lab += f"  J={ious[t]:.2f}"
         ax.set_title(lab, fontsize=8, pad=3)
@@ -206,12 +210,14 @@ def timeline_figure(audio_logmel: np.ndarray, *, control_points: Optional[np.nda
                     objects: Optional[np.ndarray] = None, names: Optional[dict] = None,
                     gt_valid: Optional[np.ndarray] = None, frame_valid: Optional[np.ndarray] = None,
                     gt_control_points: Optional[np.ndarray] = None, fps: float = 1.0,
-                    title: Optional[str] = None, cover: float = 0.5, min_pixels: int = 1) -> Figure:
+                    title: Optional[str] = None, cover: float = 0.5, min_pixels: int = 1,
+                    first_frame: int = 0) -> Figure:
   """audio_logmel float [T,96,64] (one VGGish patch per frame); control_points [T] (used by the
   pipeline; orange lines); gt_control_points [T] (optional, orange triangles on top);
   pred_masks / gt_masks int [T,H,W]; objects int [T,H,W] instance map (see module docstring);
   names: {entity id: label} (object ids with `objects`, else class ids); fps: frames per second
-  (x axis in seconds, frame k spans [k/fps, (k+1)/fps)).
+  (x axis in seconds, frame k spans [k/fps, (k+1)/fps)); first_frame: the clip frame number of
+  the first entry (a page of a long clip: frame labels and seconds start there).
 
   Panels: spectrogram; with masks, a "prediction" and a "GT" row per object/class (cell filled
   with the id's overlay colour where segmented, hatched grey where the object is not visible);
@@ -310,7 +316,7 @@ def timeline_figure(audio_logmel: np.ndarray, *, control_points: Optional[np.nda
   ax_s.set_xlim(0, ends)
   ax_s.tick_params(labelsize=7)
   ax_s.set_xticks(np.arange(t_len) * sec + sec / 2)
-  ax_s.set_xticklabels([str(k) for k in range(t_len)] if t_len <= 60 else [])
+  ax_s.set_xticklabels([str(first_frame + k) for k in range(t_len)] if t_len <= 60 else [])
   ax_s.xaxis.set_ticks_position("top")
   ax_s.xaxis.set_label_position("top")
   ax_s.set_xlabel("frame", fontsize=8, labelpad=2)
@@ -378,7 +384,9 @@ def timeline_figure(audio_logmel: np.ndarray, *, control_points: Optional[np.nda
     all_axes.append(ax_j)
   last = all_axes[-1]
   step = sec * max(1, int(np.ceil(t_len / 30)))
-  last.set_xticks(np.arange(0, ends + 1e-9, step))
+  ticks = np.arange(0, ends + 1e-9, step)
+  last.set_xticks(ticks)
+  last.set_xticklabels([f"{first_frame * sec + x:g}" for x in ticks])
   last.tick_params(axis="x", labelsize=7)
   last.set_xlabel("time (s)", fontsize=8)
   for ax in all_axes:

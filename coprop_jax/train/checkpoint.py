@@ -258,7 +258,10 @@ class Checkpointer:
                         sharding: Any = None) -> tuple[Any, Any, int]:
     """Only params and extra of a checkpoint (e.g. to start a keyframe fine-tune from the
     all-frames run; the optimizer state of that run may differ). `params` / `extra`: targets
-    (arrays or ShapeDtypeStructs) whose shapes the checkpoint must match. Returns
+    (arrays or ShapeDtypeStructs) whose shapes the checkpoint must match. `sharding`: one
+    Sharding for every restored leaf, or a function from the checkpoint's metadata tree to a
+    tree of Shardings (e.g. `sharding.state_shardings` rules, so that the optimizer state read
+    along is sharded like the run's own); None = the default device. Returns
     (params, extra, step)."""
     want = dict(params=params, extra=extra)
 
@@ -267,9 +270,14 @@ class Checkpointer:
                     f"{self.what} {self.directory} step {s}")
 
     def build(saved, s):
-      def leaf(m):
-        return jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=sharding)
-      return dict(state=ocp.args.StandardRestore(jax.tree.map(leaf, saved)))
+      def leaf(m, sh):
+        return jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=sh)
+
+      if callable(sharding):
+        target = jax.tree.map(leaf, saved, sharding(saved))
+      else:
+        target = jax.tree.map(lambda m: leaf(m, sharding), saved)
+      return dict(state=ocp.args.StandardRestore(target))
 
     out, s = self._restore_with_fallback(build, check, step)
     return out["state"]["params"], out["state"]["extra"], s

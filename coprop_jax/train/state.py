@@ -179,9 +179,10 @@ def train_step(state: TrainState, batch: dict, *, loss_fn: LossFn,
   return new, metrics
 
 
-# XLA options that cut CPU compile time ~3-4x (LLVM at -O0) at some run-time cost: for tiny
-# models in tests and CPU demos (`config.train.fast_compile`), not for real training.
-FAST_COMPILE = {"xla_backend_optimization_level": 0}
+# XLA options that cut CPU compile time ~3-4x (LLVM at -O0, and XLA:CPU's older loop emitters
+# instead of the fusion emitters: ~2.4x more, benchmarks/RESULTS.md) at some run-time cost: for
+# tiny models in tests and CPU demos (`config.train.fast_compile`), not for real training.
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
 
 
 def make_train_step(loss_fn: LossFn, donate: bool = True,

@@ -35,6 +35,7 @@ import numpy as np
 from absl import logging
 
 from coprop_jax.convert.checkpoint_io import CheckpointError
+from coprop_jax.train import distributed
 from coprop_jax.train import sharding as shd
 from coprop_jax.train import tasks as tasks_lib
 from coprop_jax.train.checkpoint import Checkpointer
@@ -67,10 +68,12 @@ USER_ERRORS = (TrainingError, CheckpointError, ConfigError, tasks_lib.UnknownSta
 # whose loss does not ramp (`Task.length_dependent`: not the propagator, whose top-k ramp and
 # sequential-training switch are fractions of the run); see `resume_mutable`.
 RESUME_MUTABLE = ("train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
-                  "train.fast_compile", "train.compilation_cache_dir", "eval.every_steps",
+                  "train.fast_compile", "train.compilation_cache_dir", "train.mesh_data",
+                  "train.mesh_fsdp", "train.fsdp_min_size", "eval.every_steps",
                   "eval.num_images")
 RUN_LENGTH = ("train.num_steps", "train.num_epochs")
-RESUME_MUTABLE_SECTIONS = ("rcpg.",)
+# The cluster and the mesh may change on resume: the checkpoint is restored onto the new mesh.
+RESUME_MUTABLE_SECTIONS = ("rcpg.", "train.distributed.")
 
 
 # ---- config saved in the workdir -----------------------------------------------------------------
@@ -152,7 +155,9 @@ def check_config(config: ml_collections.ConfigDict, workdir: str,
 
 def save_config(config: ml_collections.ConfigDict, workdir: str, changes: list[str]) -> None:
   """Writes `workdir`/config.json (temp file + rename); after an accepted change the previous
-  file is kept as config.before_<time>.json."""
+  file is kept as config.before_<time>.json. Only process 0 writes (multi-host runs)."""
+  if jax.process_index() != 0:
+    return
   path = os.path.join(workdir, "config.json")
   os.makedirs(workdir, exist_ok=True)
   if changes and os.path.exists(path):
@@ -201,7 +206,9 @@ class Data:
   """What the trainer reads. `train`: endless iterator of host batches with JSON-able
   `get_state()` / `set_state()` (its position is saved with every checkpoint);
   `eval_batches()`: a fresh pass over `config.eval.split` (one clip per batch as AVSBench);
-  `steps_per_epoch`: training examples // batch size."""
+  `steps_per_epoch`: training examples // global batch size. Multi-host: `train` yields this
+  host's slice of every global batch (`data.batch_size // jax.process_count()` clips);
+  `eval_batches()` yields the whole split on every host (each host evaluates all of it)."""
   train: Iterator[dict]
   steps_per_epoch: int
   eval_batches: Callable[[], Iterable[dict]]
@@ -233,8 +240,14 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: str) -> Data:
       for i, c in enumerate(held_out):
         yield dict({k: v[None] for k, v in c.items()}, video_id=np.array([f"toy_{ec.split}{i}"]))
 
-    return Data(toy_data.ClipBatches(clips, d.batch_size, d.shuffle_seed),
-                max(1, len(clips) // d.batch_size), toy_eval)
+    pi, pc = jax.process_index(), jax.process_count()
+    mine = clips[pi::pc]                   # this host's clips (all of them on a single host)
+    if d.batch_size // pc > len(mine):
+      raise ConfigError(f"data.batch_size={d.batch_size}: more than the {len(mine)} toy clips of "
+                        f"each of the {pc} host(s) (data.synthetic.num_videos)")
+    return Data(toy_data.ClipBatches(mine, d.batch_size // pc, d.shuffle_seed),
+                max(1, len(mine) * pc // d.batch_size), toy_eval)
+  import grain
   from data_pipelines import input_pipeline, prepare
   d = ml_collections.ConfigDict(d.to_dict())
   d.manual_dir = resolve_path(d.manual_dir, workdir)
@@ -250,7 +263,8 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: str) -> Data:
   train = input_pipeline.make_iterator(d, "train", train=True, builder=b)
   per_epoch = max(1, splits["train"].num_examples // d.batch_size)
   return Data(train, per_epoch,
-              lambda: input_pipeline.make_iterator(d, ec.split, train=False, builder=b))
+              lambda: input_pipeline.make_iterator(d, ec.split, train=False, builder=b,
+                                                   shard_options=grain.sharding.NoSharding()))
 
 
 # ---- helpers ---------------------------------------------------------------------------------------
@@ -300,12 +314,8 @@ def import_tensorboardx() -> Any:
   return tensorboardX
 
 
-def _abstract(tree: Any, sharding: Any) -> Any:
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
-
-
 def abstract_batch(mesh: jax.sharding.Mesh, sample: dict) -> dict:
-  """Global-batch ShapeDtypeStructs (split over 'data') of one host batch of arrays."""
+  """Global-batch ShapeDtypeStructs (split over data x fsdp) of one host batch of arrays."""
   return {k: jax.ShapeDtypeStruct((v.shape[0] * jax.process_count(),) + v.shape[1:], v.dtype,
                                   sharding=shd.batch_sharding(mesh, v.ndim))
           for k, v in sample.items()}
@@ -313,30 +323,32 @@ def abstract_batch(mesh: jax.sharding.Mesh, sample: dict) -> dict:
 
 def create_train_state(task: Any, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
                        batch: dict) -> tuple[TrainState, Callable[[dict], TrainState]]:
-  """-> (abstract state: ShapeDtypeStructs with their (replicated) shardings, init) where
+  """-> (abstract state: ShapeDtypeStructs with their shardings, init) where
   `init(device_batch)` makes the fresh state (params from `task.init_variables` with
   `config.seed`, optimizer from `task.make_optimizer`; call `task.set_total_steps` first when
-  the task or the schedule needs the run's length). Nothing is compiled or
-  allocated until `init` is called. `batch`: `abstract_batch(...)`."""
-  repl = shd.replicated(mesh)
+  the task or the schedule needs the run's length), created directly in its shardings
+  (`sharding.state_shardings`: large kernels and their optimizer moments split over 'fsdp', the
+  rest replicated; `config.train.fsdp_min_size`). Nothing is compiled or allocated until `init`
+  is called. `batch`: `abstract_batch(...)`."""
   opts = FAST_COMPILE if config.train.fast_compile else None
   rng = jax.random.PRNGKey(config.seed)
-  init_variables = jax.jit(task.init_variables, out_shardings=repl,
-                           compiler_options=opts).trace(batch, rng)
-  params_shape, extra_shape = init_variables.out_info
+  params_shape, extra_shape = jax.eval_shape(task.init_variables, batch, rng)
   tx = task.make_optimizer(params_shape)
 
   def create(params, extra, rng):
     return TrainState.create(params, tx, extra=extra, rng=jax.random.fold_in(rng, 1))
 
   abstract = jax.eval_shape(create, params_shape, extra_shape, rng)
-  shardings = jax.tree.map(lambda _: repl, abstract)
+  shardings = shd.state_shardings(mesh, abstract, int(config.train.fsdp_min_size))
 
   def init(device_batch: dict) -> TrainState:
-    params, extra = init_variables.lower().compile()(device_batch, rng)
+    params, extra = jax.jit(task.init_variables, out_shardings=(shardings.params, shardings.extra),
+                            compiler_options=opts)(device_batch, rng)
     return jax.jit(create, out_shardings=shardings)(params, extra, rng)
 
-  return _abstract(abstract, repl), init
+  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          abstract, shardings)
+  return abstract, init
 
 
 def compile_train_step(task: Any, config: ml_collections.ConfigDict, abstract_state: TrainState,
@@ -367,6 +379,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   """Trains `config.train.stage` into `workdir` (resuming there if it holds checkpoints),
   evaluating every `eval.every_steps`. Returns the summary written to train_summary.json."""
   tc, ec = config.train, config.eval
+  distributed.initialize(tc.distributed)            # before any device is touched
   task = tasks_lib.get_task(config)                 # before anything is written
   best_metric = ec.best_metric or task.default_best_metric
   if best_metric not in task.metric_names:
@@ -383,10 +396,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   opts = FAST_COMPILE if tc.fast_compile else None
 
   # ---- Mesh -------------------------------------------------------------------------------------
-  mesh = shd.make_mesh()
+  try:
+    mesh = shd.make_mesh(int(tc.mesh_data), int(tc.mesh_fsdp))
+  except ValueError as e:
+    raise ConfigError(str(e)) from e
   repl = shd.replicated(mesh)
-  logging.info("mesh: %s over %d %s device(s)", dict(mesh.shape), mesh.size,
-               jax.devices()[0].platform)
+  logging.info("mesh: %s over %d %s device(s), %d process(es)", dict(mesh.shape), mesh.size,
+               jax.devices()[0].platform, jax.process_count())
+  shards = shd.batch_shards(mesh)
+  if config.data.batch_size % shards or config.data.batch_size % jax.process_count():
+    raise ConfigError(f"data.batch_size={config.data.batch_size}: the global batch must divide "
+                      f"over the {shards} devices of the mesh (data x fsdp) and the "
+                      f"{jax.process_count()} process(es)")
 
   # ---- Input pipeline ---------------------------------------------------------------------------
   data = prepare_data(config, workdir)
@@ -398,7 +419,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   steps = tc.num_steps if tc.num_steps > 0 else tc.num_epochs * data.steps_per_epoch
   task.set_total_steps(steps)                        # ramps and schedules are fractions of it
 
-  # ---- Model & optimizer, sharding (parameters replicated, batches split over 'data') -----------
+  # ---- Model & optimizer, sharding (large kernels over 'fsdp', batches over data x fsdp) -------
   abstract_state, init = create_train_state(task, config, mesh, batch_abstract)
   state_shardings = jax.tree.map(lambda x: x.sharding, abstract_state)
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_state.params))
@@ -425,7 +446,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       state = init(shd.shard_batch(mesh, sample))
       if source is not None:
         params, extra, src_step = source.restore_variables(
-            abstract_state.params, abstract_state.extra, sharding=repl)
+            abstract_state.params, abstract_state.extra,
+            sharding=lambda tree: shd.state_shardings(mesh, tree, int(tc.fsdp_min_size)))
         state = state.replace(params=params, extra=extra)
         logging.info("initialised params from %s (step %d)", source.directory, src_step)
       else:
@@ -438,16 +460,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
     # ---- Evals ------------------------------------------------------------------------------------
     predict = jax.jit(task.predict, compiler_options=opts)
+    # Evaluation runs on this host's first device with whole (all-gathered) parameters; every
+    # host evaluates the whole split (eval_batches), so no result has to cross hosts.
+    gather = jax.jit(lambda p, e: (p, e), out_shardings=repl)
+    eval_device = jax.local_devices()[0]
     meta = best.read_meta() if best.latest_step() is not None else None
     best_value = meta["value"] if meta else None
     if jax.process_index() == 0:
       writer = import_tensorboardx().SummaryWriter(os.path.join(workdir, "tensorboard"))
 
     def run_eval(state: TrainState, step: int) -> dict:
-      params, extra = state.params, state.extra
+      params, extra = jax.tree.map(lambda x: jax.device_put(x.addressable_data(0), eval_device),
+                                   gather(state.params, state.extra))
 
       def predict_host(batch):
-        arrays = jax.device_put(shd.device_arrays(batch), repl)
+        arrays = jax.device_put(shd.device_arrays(batch), eval_device)
         return np.asarray(jax.device_get(predict(params, extra, arrays)))
 
       t = time.perf_counter()
