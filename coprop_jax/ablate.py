@@ -126,6 +126,9 @@ def plan_rows(table: str, rcpg_files: Mapping[str, str]) -> list[Row]:
   return rows
 
 
+# not in the paper: its "original AOT" is the pretrained AOT-L; without `propagator.aot_weights`
+# (no converted AOT, e.g. on synthetic data) the AOT rows use an insert=aot propagator trained
+# with the same stage-2 recipe as the AIP instead (the table's note says which was used).
 def runs_needed(rows: Sequence[Row], config: ml_collections.ConfigDict) -> list[Run]:
   """The training runs the rows that run need, each once, in dependency order. The plain-AOT
   propagator is not trained when `propagator.aot_weights` (a converted AOT) is set."""

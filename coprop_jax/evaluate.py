@@ -542,6 +542,8 @@ def main(argv: Optional[list[str]] = None) -> int:
   ap.add_argument("--checkpoint", required=True, help="model directory (python -m coprop_jax.export)")
   ap.add_argument("--out", required=True, help="directory for the report files")
   ap.add_argument("--split", default="test")
+  # not in the paper: the default control points are the GT rule (an oracle), since the paper's
+  # RCPG needs an audio LLM; pass its JSONL file (python -m coprop_jax.rcpg) for the paper's setup.
   ap.add_argument("--control_points", default="gt",
                   help="gt (default: GT rule, oracle), cosine, data, or an RCPG JSONL file")
   ap.add_argument("--keyframe_masks", default=None, help="another model's keyframe masks (dir or .npz)")

@@ -94,6 +94,10 @@ def test_model_of_another_config_or_a_training_run_is_refused(env, tmp_path, cap
   assert E.main(["--config", SPEC, "--checkpoint", str(run_dir), "--workdir", str(work), "--out",
                  str(tmp_path / "out")]) == 1
   assert "a training run, not a model directory" in capsys.readouterr().err
+  # method aot: a propagator with audio is not plain AOT
+  assert E.main(["--config", SPEC, "--checkpoint", str(model), "--workdir", str(work), "--out",
+                 str(tmp_path / "out"), "--methods", "aot", "--aot_checkpoint", str(model)]) == 1
+  assert "its propagator has audio" in capsys.readouterr().err
   assert not (tmp_path / "out").exists()
 
 

@@ -115,7 +115,7 @@ def _toy_batches(c, n):
   return [next(data.train) for _ in range(n)]
 
 
-@pytest.mark.slow  # ~2 min here: BPTT compile of the stage-2 step + 30 updates
+@pytest.mark.slow  # ~3 min here: BPTT compile of the stage-2 step + 30 updates
 def test_task_loss_falls_and_reaches_the_insert_query_key():
   from coprop_jax.train.state import FAST_COMPILE
   c = config("train.num_steps=30", "train.lr=2e-3", "train.end_lr=2e-4")
@@ -132,21 +132,32 @@ def test_task_loss_falls_and_reaches_the_insert_query_key():
 
   step = jax.jit(step, compiler_options=FAST_COMPILE)
   opt = tx.init(params)
+
+  def loss_at_start(p):
+    """Mean loss over the 4 batches at update 0 (all pixels, teacher forcing): the ramp and the
+    switch to sequential training change the loss over the run, so compare at one setting."""
+    return np.mean([float(step(p, opt, b, jax.random.PRNGKey(0), 0)[2]) for b in batches])
+
+  before = loss_at_start(params)
   losses = []
   for i in range(30):
     params, opt, loss, aux, g = step(params, opt, batches[i % 4], jax.random.PRNGKey(i), i)
     losses.append(float(loss))
-    if i == 0:
+    # The insert's output projection starts at zero (an exact no-op), so its query/key get
+    # gradient once the first update has moved it.
+    if i == 3:
       ins = [k for k in g["propagator"] if k.startswith("audio_insert")]
       assert ins, sorted(g["propagator"])
       for k in ins:
         for n in ("query", "key"):
           assert np.abs(np.asarray(g["propagator"][k][n]["kernel"])).max() > 0, (k, n)
   assert float(aux["seq_training"]) == 1
-  assert np.mean(losses[-6:]) < 0.8 * np.mean(losses[:4]), losses
+  assert all(np.isfinite(losses)), losses
+  after = loss_at_start(params)
+  assert after < 0.85 * before, (before, after, losses)
 
 
-@pytest.mark.slow  # ~4 min here: three CLI runs (compiles shared through the XLA cache)
+@pytest.mark.slow  # ~13 min on the loaded 2-core box: three CLI runs (compiles shared via the XLA cache)
 def test_kill_after_checkpoint_then_rerun_resumes_exactly(tmp_path):
   """SIGKILL right after the step-4 checkpoint of an 8-step run, rerun: the final params equal
   those of an uninterrupted run bit for bit (the loss ramps, the switch to sequential training

@@ -202,6 +202,8 @@ class PropagatorTask(Task):
     return state.replace(params=params, extra=extra), loaded
 
   # ---- evaluation --------------------------------------------------------------------------
+  # not in the paper: it gives no stage-2 evaluation; during training the propagator is scored
+  # alone, from GT keyframes at the GT control points (the oracle-keyframe pipeline).
   def predict(self, params, extra, batch):
     """GT keyframes at the batch's control points (frames with GT), propagated (inference
     memory: propagator.memory_slots / mem_gap). -> binary: foreground probabilities
