@@ -74,7 +74,7 @@ TINY = ["--config.train.num_steps=2", "--config.train.checkpoint_every=2", "--co
         "--config.propagator.num_audio_tokens=2"]
 
 
-@pytest.mark.slow  # ~10 min here: three tiny trainings (KPF, fine-tune, propagator) + evaluation
+@pytest.mark.slow  # 30 min on the loaded 2-core box: three tiny trainings, two evaluations
 def test_table_2b_end_to_end_then_reused(tmp_path, capsys):
   wd = tmp_path / "abl"
   assert A.main(["--table", "2b", "--config", SPEC, "--workdir", str(wd), "--batch_size", "2", *TINY]) == 0

@@ -115,7 +115,7 @@ def _toy_batches(c, n):
   return [next(data.train) for _ in range(n)]
 
 
-@pytest.mark.slow  # ~3 min here: BPTT compile of the stage-2 step + 30 updates
+@pytest.mark.slow  # ~7 min on the loaded 2-core box: BPTT compile of the stage-2 step + 30 updates
 def test_task_loss_falls_and_reaches_the_insert_query_key():
   from coprop_jax.train.state import FAST_COMPILE
   c = config("train.num_steps=30", "train.lr=2e-3", "train.end_lr=2e-4")
@@ -157,7 +157,7 @@ def test_task_loss_falls_and_reaches_the_insert_query_key():
   assert after < 0.85 * before, (before, after, losses)
 
 
-@pytest.mark.slow  # ~13 min on the loaded 2-core box: three CLI runs (compiles shared via the XLA cache)
+@pytest.mark.slow  # ~13 min on the loaded 2-core box: three CLI runs (one XLA cache)
 def test_kill_after_checkpoint_then_rerun_resumes_exactly(tmp_path):
   """SIGKILL right after the step-4 checkpoint of an 8-step run, rerun: the final params equal
   those of an uninterrupted run bit for bit (the loss ramps, the switch to sequential training
