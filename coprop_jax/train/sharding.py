@@ -24,6 +24,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from data_pipelines.input_pipeline import to_global_array
 
+# not in the paper: batches split over data x fsdp (an FSDP group is data parallel too) and the
+# FSDP rule below (trailing dims only, names never sharded, `train.fsdp_min_size`).
 BATCH_AXES = ("data", "fsdp")
 # Leaf names that are never sharded whatever their size (vectors per channel, norm statistics).
 REPLICATED_NAMES = ("bias", "scale", "mean", "var")

@@ -460,8 +460,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
     # ---- Evals ------------------------------------------------------------------------------------
     predict = jax.jit(task.predict, compiler_options=opts)
-    # Evaluation runs on this host's first device with whole (all-gathered) parameters; every
-    # host evaluates the whole split (eval_batches), so no result has to cross hosts.
+    # not in the paper: evaluation runs on this host's first device with whole (all-gathered)
+    # parameters; every host evaluates the whole split (eval_batches), so no result has to
+    # cross hosts (AVSBench evaluates one clip per batch anyway).
     gather = jax.jit(lambda p, e: (p, e), out_shardings=repl)
     eval_device = jax.local_devices()[0]
     meta = best.read_meta() if best.latest_step() is not None else None
