@@ -76,16 +76,19 @@ def make_clip(rng: np.random.Generator, layout: str = "ms3", size: int = 64, fra
   return synthetic.render_clip(rng, layout, size, classes, sounding, cps, r, pos, vel, video_id)
 
 
-def clip_stream(layout: str, num_videos: int, size: int, seed: int, frames: int = 5):
-  """Yields (split, clip) in the order and with the random stream of `write_dataset`, so the
-  clips of a written tree (e.g. their `visible` object maps, not stored in AVSBench's layout) can
-  be drawn again in memory. AVSS clip lengths follow `synthetic.write_dataset` (v2: 10)."""
+def clip_stream(layout: str, num_videos: int, size: int, seed: int, frames: int = 5,
+                clip_fn=None):
+  """Yields (split, clip) in the order and with the random stream of `write_dataset` (clip_fn:
+  default this module's `make_clip`; `synthetic.make_clip` for the random trees), so the clips
+  of a written tree (e.g. their `visible` object maps, not stored in AVSBench's layout) can be
+  drawn again in memory. AVSS clip lengths follow `synthetic.write_dataset` (v2: 10)."""
+  clip_fn = clip_fn or make_clip
   rng = np.random.default_rng(seed)
   for i, split in enumerate(synthetic._splits(num_videos)):
     t = frames
     if layout == "avss":
       t = 10 if ("v1s", "v1m", "v2")[i % 3] == "v2" else 5
-    yield split, make_clip(rng, layout, size, t, video_id=f"syn{layout}_{i:05d}")
+    yield split, clip_fn(rng, layout, size, t, video_id=f"syn{layout}_{i:05d}")
 
 
 def write_dataset(out: str | os.PathLike, layout: str = "ms3", num_videos: int = 12,
