@@ -123,8 +123,10 @@ def stage_configs(config: ml_collections.ConfigDict, workdir: pathlib.Path
       "kpf_finetune": make("kpf_finetune", dm.finetune_steps,
                            train__init_from=str(runs / "kpf" / "checkpoints")),
       "kpf_blind": make("kpf", dm.blind_steps, keyframe__audio_mode="zero"),
-      "propagator": make("propagator", dm.propagator_steps),
-      "propagator_aot": make("propagator", dm.propagator_steps),
+      "propagator": make("propagator", dm.propagator_steps,
+                         train__fast_compile=bool(dm.propagator_fast_compile)),
+      "propagator_aot": make("propagator", dm.propagator_steps,
+                             train__fast_compile=bool(dm.propagator_fast_compile)),
   }
   out["propagator_aot"].propagator.update(INSERT_VARIANTS["aot"])
   return out

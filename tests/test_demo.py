@@ -155,3 +155,71 @@ def test_audio_blind_kpf_zeroes_the_host_batches():
   assert get_task(load_config(DEMO)).prepare_batch(b)["audio_embed"].all()
   with pytest.raises(ValueError, match="keyframe.audio_mode"):
     get_task(load_config(DEMO, ["keyframe.audio_mode=muted"]))
+
+
+# ----------------------------------------------------------------------------- the whole demo
+@pytest.fixture(scope="module")
+def smoke_demo(tmp_path_factory):
+  """`python -m coprop_jax.demo --config configs/demo.py:smoke=True` once: tiny data and sizes,
+  a few steps per stage, every stage of the real command."""
+  from coprop_jax import demo
+  wd = tmp_path_factory.mktemp("demo")
+  assert demo.main(["--workdir", str(wd), "--config", DEMO + ":smoke=True"]) == 0
+  return wd
+
+
+@pytest.mark.slow
+def test_smoke_demo_writes_table_pictures_logs_and_model(smoke_demo, capsys):
+  from coprop_jax import model_io
+  wd = smoke_demo
+  s = json.loads((wd / "demo_summary.json").read_text())
+  comp = json.loads((wd / "eval" / "comparison.json").read_text())
+  assert comp["methods"] == ["coprop", "coprop_gt_cp", "kpf_only", "kpf_blind", "aot", "coprop_aot"]
+  for m in comp["methods"]:
+    for sub in ("all", "keyframes", "normal", "moc"):
+      f = comp["figures"][m][sub]
+      assert {"J", "F", "alignment_rate"} <= set(f)
+    assert 0.0 <= comp["figures"][m]["all"]["J"] <= 1.0
+  table = (wd / "eval" / "comparison.md").read_text()
+  assert "| Co-Prop |" in table and "MOC Align." in table and "without audio" in table
+  # The audio-blind KPF is scored on zeroed audio, KPF only on every frame: all frames keyframes.
+  assert comp["figures"]["kpf_only"]["normal"]["num_frames"] == 0
+  assert comp["figures"]["aot"]["keyframes"]["num_videos"] == comp["figures"]["aot"]["all"]["num_videos"]
+  assert [t["name"] for t in s["targets"]] == ["Co-Prop J", "Co-Prop Alignment Rate",
+                                               "audio-blind KPF J", "plain AOT Alignment Rate"]
+  assert s["control_points"]["vs_gt"]["f1"] == 1.0     # cosine finds every switch
+  for p in s["files"]["pictures"]:
+    for k in ("overlay", "timeline", "timeline_aot"):
+      assert pathlib.Path(p[k]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  for name, tb in s["files"]["tensorboard"].items():
+    assert any(f.name.startswith("events.out.tfevents") for f in pathlib.Path(tb).iterdir()), name
+  config, params = model_io.load_model(wd / "model")
+  assert config.data.audio_embed == "logmel_stats" and "vggish" not in params["keyframe"]["params"]
+  assert set(s["seconds"]) >= {"data", "train_kpf", "train_propagator_aot", "evaluate", "total"}
+
+
+@pytest.mark.slow
+def test_ablations_notebook_runs_on_the_demo_model(smoke_demo):
+  import nbformat
+  from nbclient import NotebookClient
+  path = ROOT / "notebooks" / "ablations.ipynb"
+  nb = nbformat.read(path, as_version=4)
+  assert all(not c.get("outputs") and not c.get("execution_count") for c in nb.cells
+             if c.cell_type == "code"), "saved with outputs"
+  src = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+  assert "def " in src and "coprop_jax" in src
+  old = {k: os.environ.get(k) for k in ("COPROP_MODEL_DIR", "PYTHONPATH")}
+  os.environ["COPROP_MODEL_DIR"] = str(smoke_demo / "model")
+  os.environ["PYTHONPATH"] = str(ROOT)      # the kernel imports this checkout's library
+  try:
+    NotebookClient(nb, timeout=600, kernel_name="python3",
+                   resources={"metadata": {"path": str(ROOT)}}).execute()
+  finally:
+    for k, v in old.items():
+      if v is None:
+        os.environ.pop(k, None)
+      else:
+        os.environ[k] = v
+  text = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
+  assert "insert at level 3 only" in text and "trained without audio" in text
+  assert any("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))

@@ -13,6 +13,10 @@ def get_demo_config() -> ml_collections.ConfigDict:
   c.finetune_steps = 60
   c.blind_steps = 300
   c.propagator_steps = 150
+  # Compile stage 2's update step at -O0 (train.fast_compile for those two runs only): its
+  # scan + BPTT step takes minutes to compile optimised on 2 CPU cores, more than its few steps
+  # gain from it; the KPF stages follow train.fast_compile.
+  c.propagator_fast_compile = True
   # Evaluation split of the metrics table (the synthetic set's held-out "test" split).
   c.split = "test"
   # Test clips drawn as an overlay grid and a timeline each (the first ones that switch source).
