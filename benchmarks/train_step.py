@@ -113,7 +113,7 @@ def main(argv=None):
   import numpy as np
 
   from coprop_jax.models.keyframe import KeyframeProcessor
-  from coprop_jax.train import keyframe_task
+  from coprop_jax.train.tasks import kpf as keyframe_task
   from coprop_jax.train.state import FAST_COMPILE, TrainState, make_optimizer, make_train_step
 
   backbone, size, batch, depths, d_model, heads, layers = PRESETS[a.preset]

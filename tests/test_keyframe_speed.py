@@ -15,7 +15,7 @@ import pytest
 from coprop_jax.models import keyframe as kf
 from coprop_jax.models import layers
 from coprop_jax.models import pvt_v2 as pm
-from coprop_jax.train import keyframe_task
+from coprop_jax.train.tasks import kpf as keyframe_task
 from coprop_jax.train.state import FAST_COMPILE, TrainState, make_optimizer, make_train_step
 
 # LLVM -O0 and XLA:CPU's older loop emitters: ~2.4x less compile CPU time than FAST_COMPILE alone
@@ -198,7 +198,7 @@ def test_bfloat16_gradients_close_to_float32():
     model = tiny(dtype=jnp.dtype(dt))
     loss_fn = keyframe_task.make_loss_fn(model, TC, keyframes_only=False)
     grad = jax.jit(jax.value_and_grad(loss_fn, has_aux=True), compiler_options=FAST)
-    (loss, _), g = grad(params, {}, batch, jax.random.PRNGKey(0))
+    (loss, _), g = grad(params, {}, batch, jax.random.PRNGKey(0), 0)
     out[dt] = (float(loss), g)
   (l32, g32), (l16, g16) = out["float32"], out["bfloat16"]
   assert np.isfinite(l16) and abs(l16 - l32) <= 0.02 * abs(l32), (l16, l32)

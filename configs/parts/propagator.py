@@ -71,4 +71,7 @@ def get_propagator_config() -> ml_collections.ConfigDict:
   c.train.id_shuffle = True
   # Encoder stages never trained (TRAIN_ENCODER_FREEZE_AT = 2; models/*.aot_frozen_mask).
   c.train.encoder_freeze_at = 2
+  # Learning-rate ratio of the trained encoder stages (TRAIN_LR_ENCODER_RATIO): their rate is
+  # train.end_lr + encoder_lr_ratio * (rate - train.end_lr), as aot-benchmark's schedule.
+  c.train.encoder_lr_ratio = 0.1
   return c

@@ -6,14 +6,22 @@ def get_train_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   # Which stage to train (coprop_jax/train/tasks): "kpf" (Keyframe Processor on all frames),
   # "kpf_finetune" (KPF on keyframes only: frames whose control point is 1 carry the loss; start
-  # it from the kpf run with init_from) or "propagator" (stage 2; no training task in this
-  # version: selecting it is an error listing the stages available).
+  # it from the kpf run with init_from) or "propagator" (stage 2, the Audio-insert Propagator
+  # with AOT's recipe: tasks/propagator.py; configs/coprop.py:stage=propagator sets its optimizer).
   c.stage = "kpf"
   # Checkpoint root to take params (and non-trainable collections) from at the start of a fresh
   # run, e.g. "<kpf workdir>/checkpoints" or "<kpf workdir>/best"; "" for none. Must exist.
   c.init_from = ""
   c.optimizer = "adam"       # "adam" | "adamw" | "sgd" (momentum 0.9); paper: Adam
-  c.lr = 1e-4                # constant learning rate; paper: 1e-4
+  c.lr = 1e-4                # peak learning rate; paper: 1e-4 (constant)
+  # "constant" (lr at every step, the paper's) or "poly" (aot-benchmark's: linear warm-up from
+  # end_lr to lr over warmup_ratio of the run, then end_lr + (lr - end_lr) * (1 - progress) **
+  # poly_power; coprop_jax.train.state.lr_schedule). end_lr is also the floor that parameter
+  # groups with a learning-rate ratio scale towards (the propagator's encoder, AOT's rule).
+  c.lr_schedule = "constant"
+  c.end_lr = 0.0
+  c.warmup_ratio = 0.0
+  c.poly_power = 0.9
   c.weight_decay = 0.0
   c.grad_clip = 0.0          # global-norm gradient clipping; <= 0 disables
   c.num_epochs = 100         # paper: 100 epochs
@@ -48,4 +56,17 @@ def get_eval_config() -> ml_collections.ConfigDict:
   # Binary F-measure: beta^2 and number of thresholds, as AVSBench.
   c.f_beta2 = 0.3
   c.f_num_thresholds = 255
+  # Alignment Rate (coprop_jax.eval.metrics; not in the paper: it defines the rate in words only).
+  # A frame aligns when prediction and GT are both empty or, binary, the foreground IoU is
+  # >= alignment_iou; semantic, the sets of classes covering >= alignment_min_area of the frame
+  # agree and each of those classes has IoU >= alignment_iou.
+  c.alignment_iou = 0.5
+  c.alignment_min_area = 0.01
+  # The MOC subset of the evaluation report: a file of video ids (one per line; the paper's 17
+  # MS3 test videos whose sounding objects change), or "" = the videos whose GT sounding set
+  # changes (the GT control-point rule puts a keyframe after frame 0), e.g. on synthetic data.
+  c.moc_ids_file = ""
+  # AVSS only: also score the padded frames of short clips (v1s/v1m: 5 real of 10) as AVSBench's
+  # avss/test.py does (GT all background there); False scores real frames only.
+  c.avss_score_padding = False
   return c

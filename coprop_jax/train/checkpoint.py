@@ -241,6 +241,19 @@ class Checkpointer:
     st = out["state"]
     return target.replace(**{k: st[k] for k in STATE_FIELDS})
 
+  def check_variables(self, params: Any, extra: Any, step: Optional[int] = None) -> int:
+    """Checks, from the metadata only (nothing restored), that the newest checkpoint (<= `step`)
+    holds params/extra shaped like `params` / `extra` (arrays or ShapeDtypeStructs); raises
+    CheckpointError naming every parameter that differs. Returns the step checked."""
+    steps = [s for s in self.all_steps() if step is None or s <= step]
+    if not steps:
+      raise CheckpointError(f"{self.what} {self.directory}: no checkpoint found")
+    saved = self._saved_tree(steps[-1])
+    want = dict(params=params, extra=extra)
+    compare_trees({k: saved[k] for k in want if k in saved}, want,
+                  f"{self.what} {self.directory} step {steps[-1]}")
+    return steps[-1]
+
   def restore_variables(self, params: Any, extra: Any, step: Optional[int] = None,
                         sharding: Any = None) -> tuple[Any, Any, int]:
     """Only params and extra of a checkpoint (e.g. to start a keyframe fine-tune from the

@@ -42,40 +42,116 @@ class TrainState:
                nonfinite_step=jnp.zeros((), jnp.int32), tx=tx)
 
 
-def lr_schedule(tc: Any) -> optax.Schedule:
-  """Learning rate by step from `config.train` (constant `lr`, as the paper's Adam 1e-4)."""
-  return optax.constant_schedule(float(tc.lr))
+def lr_schedule(tc: Any, total_steps: Optional[int] = None) -> optax.Schedule:
+  """Learning rate by step from `config.train`.
+
+  lr_schedule "constant": `lr` at every step (the paper's Adam 1e-4).
+  lr_schedule "poly" (aot-benchmark utils/learning.py `adjust_learning_rate`, not in the paper):
+    with w = warmup_ratio * total_steps (a float), steps < w warm up linearly from `end_lr` to
+    `lr` (end_lr + (lr - end_lr) * step / w), then end_lr + (lr - end_lr) * (1 - i / (n + 1)) **
+    poly_power with i = step - w and n = total_steps - w. Needs `total_steps`.
+  Fields other than `lr` are read with defaults, so older configs keep a constant rate.
+  """
+  kind = tc.get("lr_schedule", "constant")
+  base = float(tc.lr)
+  if kind == "constant":
+    return optax.constant_schedule(base)
+  if kind != "poly":
+    raise ValueError(f"train.lr_schedule: unknown {kind!r}; expected constant or poly")
+  if not total_steps or total_steps <= 0:
+    raise ValueError("train.lr_schedule='poly' needs the run's total number of steps")
+  end, power = float(tc.get("end_lr", 0.0)), float(tc.get("poly_power", 0.9))
+  # A float, as aot-benchmark's warm_up_steps = TRAIN_LR_WARM_UP_RATIO * TRAIN_TOTAL_STEPS.
+  warm = float(tc.get("warmup_ratio", 0.0)) * total_steps
+  n = total_steps - warm
+
+  def schedule(step):
+    step = jnp.asarray(step, jnp.float32)
+    up = end + (base - end) * step / max(warm, 1e-9)
+    i = jnp.maximum(step - warm, 0.0)
+    down = end + (base - end) * jnp.maximum(1.0 - i / (n + 1), 0.0) ** power
+    return jnp.where(step < warm, up, down)
+
+  return schedule
 
 
-def make_optimizer(tc: Any, trainable: Any = None) -> optax.GradientTransformation:
-  """optax transform from `config.train`: optimizer ("adam" | "adamw" | "sgd"), lr (through
-  `lr_schedule`), weight_decay, grad_clip (global norm; <= 0 disables).
+def _floor_lr(tc: Any) -> float:
+  """The rate that group ratios scale towards: `end_lr` for "poly", 0 for "constant"."""
+  return float(tc.get("end_lr", 0.0)) if tc.get("lr_schedule", "constant") == "poly" else 0.0
 
-  `trainable`: optional pytree of bools with the params' structure (or a prefix of it, e.g.
-  {"vggish": False, "backbone": True, ...}); False leaves are never updated: their updates are
-  zero (no weight decay either) and the optimizer keeps no moments for them."""
+
+def group_schedule(tc: Any, ratio: float, total_steps: Optional[int] = None) -> optax.Schedule:
+  """The rate of a parameter group with learning-rate `ratio`: floor + ratio * (lr(step) - floor),
+  floor = end_lr for "poly" (aot-benchmark's TRAIN_LR_ENCODER_RATIO rule) and 0 for "constant"
+  (plainly ratio * lr). ratio 1 is `lr_schedule` itself."""
+  base = lr_schedule(tc, total_steps)
+  if ratio == 1.0:
+    return base
+  floor = _floor_lr(tc)
+  return lambda step: floor + ratio * (base(step) - floor)
+
+
+def _base_optimizer(tc: Any, lr: optax.Schedule, decay_mask: Any = None
+                    ) -> optax.GradientTransformation:
   name = tc.optimizer
-  lr = lr_schedule(tc)
   wd = float(tc.weight_decay)
   if name == "adam":
-    tx = optax.adam(lr) if wd == 0 else optax.chain(optax.add_decayed_weights(wd), optax.adam(lr))
-  elif name == "adamw":
-    tx = optax.adamw(lr, weight_decay=wd)
-  elif name == "sgd":
-    tx = optax.sgd(lr, momentum=0.9)
-  else:
-    raise ValueError(f"train.optimizer: unknown {name!r}; expected adam, adamw or sgd")
+    return optax.adam(lr) if wd == 0 else optax.chain(optax.add_decayed_weights(wd, decay_mask),
+                                                      optax.adam(lr))
+  if name == "adamw":
+    return optax.adamw(lr, weight_decay=wd, mask=decay_mask)
+  if name == "sgd":
+    return optax.sgd(lr, momentum=0.9)
+  raise ValueError(f"train.optimizer: unknown {name!r}; expected adam, adamw or sgd")
+
+
+def make_optimizer(tc: Any, trainable: Any = None, *, total_steps: Optional[int] = None,
+                   decay_mask: Any = None) -> optax.GradientTransformation:
+  """optax transform from `config.train`: optimizer ("adam" | "adamw" | "sgd"), the rate of
+  `lr_schedule` (total_steps: the run's length, needed by "poly"), weight_decay, grad_clip
+  (global norm over the trained params; <= 0 disables).
+
+  `trainable`: optional pytree with the params' structure (or a prefix of it, e.g.
+  {"vggish": False, "backbone": True, ...}) of
+    * bools: False leaves are never updated: their updates are zero (no weight decay either)
+      and the optimizer keeps no moments for them;
+    * or floats, learning-rate ratios per leaf (`group_schedule`): 0 = frozen as False above,
+      1 = the schedule itself, e.g. 0.1 for a pretrained encoder. Each distinct ratio is one
+      optax group; the gradient is clipped over all trained groups together.
+  `decay_mask`: optional pytree of bools (params' structure): weight decay only where True.
+  """
   clip = float(tc.grad_clip)
-  tx = optax.chain(optax.clip_by_global_norm(clip), tx) if clip > 0 else tx
-  if trainable is None or all(jax.tree.leaves(trainable)):
-    return tx
+  if trainable is None or all(isinstance(x, bool) for x in jax.tree.leaves(trainable)):
+    tx = _base_optimizer(tc, lr_schedule(tc, total_steps), decay_mask)
+    tx = optax.chain(optax.clip_by_global_norm(clip), tx) if clip > 0 else tx
+    if trainable is None or all(jax.tree.leaves(trainable)):
+      return tx
+
+    def labels(params):
+      return jax.tree.map(lambda t, sub: jax.tree.map(lambda _: "train" if t else "frozen", sub),
+                          trainable, params)
+
+    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+
+  ratios = sorted({float(r) for r in jax.tree.leaves(trainable)})
+  if ratios[0] < 0:
+    raise ValueError(f"learning-rate ratios must be >= 0, got {ratios[0]}")
+  name = lambda r: "frozen" if r == 0 else f"lr_x{r:g}"
 
   def labels(params):
-    full = jax.tree.map(lambda t, sub: jax.tree.map(lambda _: "train" if t else "frozen", sub),
+    return jax.tree.map(lambda r, sub: jax.tree.map(lambda _: name(float(r)), sub),
                         trainable, params)
-    return full
 
-  return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+  groups = {name(r): (optax.set_to_zero() if r == 0 else
+                      _base_optimizer(tc, group_schedule(tc, r, total_steps), decay_mask))
+            for r in ratios}
+  tx = optax.multi_transform(groups, labels)
+  if clip <= 0:
+    return tx
+  # Frozen gradients are zeroed first, so the global norm is that of the trained params.
+  zero_frozen = optax.multi_transform({name(r): (optax.set_to_zero() if r == 0 else
+                                                 optax.identity()) for r in ratios}, labels)
+  return optax.chain(zero_frozen, optax.clip_by_global_norm(clip), tx)
 
 
 def train_step(state: TrainState, batch: dict, *, loss_fn: LossFn,

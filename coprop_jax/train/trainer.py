@@ -38,8 +38,7 @@ from coprop_jax.convert.checkpoint_io import CheckpointError
 from coprop_jax.train import sharding as shd
 from coprop_jax.train import tasks as tasks_lib
 from coprop_jax.train.checkpoint import Checkpointer
-from coprop_jax.train.state import (FAST_COMPILE, TrainState, lr_schedule, make_optimizer,
-                                    train_step)
+from coprop_jax.train.state import FAST_COMPILE, TrainState, lr_schedule, train_step
 from coprop_jax.utils.config import ConfigError, resolve_path
 from data_pipelines.avsbench.readers import DataError
 from data_pipelines.prepare import PrepareError
@@ -63,11 +62,14 @@ USER_ERRORS = (TrainingError, CheckpointError, ConfigError, tasks_lib.UnknownSta
 
 # Fields that may differ from the workdir's saved config on resume: they change how a run is
 # logged, checkpointed, evaluated, compiled or how long it runs, not the model, the data or the
-# optimizer (the lr is constant, so num_steps/num_epochs do not change the update). rcpg.* is
-# preprocessing that the trainer never reads.
+# optimizer. rcpg.* is preprocessing that the trainer never reads. The run's length
+# (RUN_LENGTH) may change only when nothing depends on it: a constant learning rate and a stage
+# whose loss does not ramp (`Task.length_dependent`: not the propagator, whose top-k ramp and
+# sequential-training switch are fractions of the run); see `resume_mutable`.
 RESUME_MUTABLE = ("train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
-                  "train.num_steps", "train.num_epochs", "train.fast_compile",
-                  "train.compilation_cache_dir", "eval.every_steps", "eval.num_images")
+                  "train.fast_compile", "train.compilation_cache_dir", "eval.every_steps",
+                  "eval.num_images")
+RUN_LENGTH = ("train.num_steps", "train.num_epochs")
 RESUME_MUTABLE_SECTIONS = ("rcpg.",)
 
 
@@ -87,13 +89,24 @@ def _jsonable(config: ml_collections.ConfigDict) -> dict:
   return json.loads(json.dumps(config.to_dict(), default=list))   # tuples -> lists
 
 
+def resume_mutable(config: dict) -> tuple[str, ...]:
+  """The fields of RESUME_MUTABLE, plus the run's length when the update does not depend on it
+  (constant learning rate, a stage without ramps)."""
+  tc = config.get("train", {})
+  task = tasks_lib.TASKS.get(tc.get("stage"))
+  fixed = (tc.get("lr_schedule", "constant") != "constant"
+           or getattr(task, "length_dependent", True))
+  return RESUME_MUTABLE + (() if fixed else RUN_LENGTH)
+
+
 def config_changes(saved: dict, current: dict) -> list[str]:
   """Differences that matter on resume: 'key: saved -> now' for every field outside
-  RESUME_MUTABLE (fields added or removed count too)."""
+  `resume_mutable` (fields added or removed count too)."""
   a, b = _flat(saved), _flat(current)
+  mutable = set(resume_mutable(saved)) & set(resume_mutable(current))
   out = []
   for k in sorted(set(a) | set(b)):
-    if k in RESUME_MUTABLE or k.startswith(RESUME_MUTABLE_SECTIONS):
+    if k in mutable or k.startswith(RESUME_MUTABLE_SECTIONS):
       continue
     if a.get(k, "<absent>") != b.get(k, "<absent>"):
       out.append(f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}")
@@ -150,6 +163,35 @@ def save_config(config: ml_collections.ConfigDict, workdir: str, changes: list[s
   with open(tmp, "w") as fh:
     json.dump(_jsonable(config), fh, indent=1, sort_keys=True)
   os.replace(tmp, path)
+
+
+def describe_source(path: str, config: ml_collections.ConfigDict) -> str:
+  """What a checkpoint directory's run was, when its workdir's config.json says so (read for
+  `train.init_from` errors): "<path> is a checkpoint of stage 'kpf' (this run trains stage
+  'propagator'); model fields that differ (its -> yours): ...; " or "" when unknown."""
+  from coprop_jax.model_io import architecture_changes
+  p = os.path.abspath(os.path.expanduser(path))
+  for d in (p, os.path.dirname(p), os.path.dirname(os.path.dirname(p))):
+    cfg_path = os.path.join(d, "config.json")
+    if os.path.isfile(cfg_path):
+      try:
+        with open(cfg_path) as fh:
+          saved = ml_collections.ConfigDict(json.load(fh))
+      except (OSError, ValueError):
+        return ""
+      parts = []
+      stage = saved.get("train", {}).get("stage")
+      if stage != config.train.stage:
+        parts.append(f"train.init_from {p} is a checkpoint of stage {stage!r} (this run trains "
+                     f"stage {config.train.stage!r})")
+      try:
+        diff = architecture_changes(saved, config)
+      except Exception:  # an older config layout: the shape check below still names the params
+        diff = []
+      if diff:
+        parts.append(f"model fields that differ ({cfg_path} -> yours): {'; '.join(diff)}")
+      return "".join(x + "; " for x in parts)
+  return ""
 
 
 # ---- data ------------------------------------------------------------------------------------------
@@ -273,7 +315,8 @@ def create_train_state(task: Any, config: ml_collections.ConfigDict, mesh: jax.s
                        batch: dict) -> tuple[TrainState, Callable[[dict], TrainState]]:
   """-> (abstract state: ShapeDtypeStructs with their (replicated) shardings, init) where
   `init(device_batch)` makes the fresh state (params from `task.init_variables` with
-  `config.seed`, optimizer from `config.train` and `task.trainable`). Nothing is compiled or
+  `config.seed`, optimizer from `task.make_optimizer`; call `task.set_total_steps` first when
+  the task or the schedule needs the run's length). Nothing is compiled or
   allocated until `init` is called. `batch`: `abstract_batch(...)`."""
   repl = shd.replicated(mesh)
   opts = FAST_COMPILE if config.train.fast_compile else None
@@ -281,7 +324,7 @@ def create_train_state(task: Any, config: ml_collections.ConfigDict, mesh: jax.s
   init_variables = jax.jit(task.init_variables, out_shardings=repl,
                            compiler_options=opts).trace(batch, rng)
   params_shape, extra_shape = init_variables.out_info
-  tx = make_optimizer(config.train, task.trainable(params_shape))
+  tx = task.make_optimizer(params_shape)
 
   def create(params, extra, rng):
     return TrainState.create(params, tx, extra=extra, rng=jax.random.fold_in(rng, 1))
@@ -304,7 +347,7 @@ def compile_train_step(task: Any, config: ml_collections.ConfigDict, abstract_st
   state_shardings = jax.tree.map(lambda x: x.sharding, abstract_state)
   repl = shd.replicated(next(iter(batch.values())).sharding.mesh)
   update = jax.jit(functools.partial(train_step, loss_fn=task.loss_fn,
-                                     lr_fn=lr_schedule(config.train)),
+                                     lr_fn=lr_schedule(config.train, task.total_steps)),
                    out_shardings=(state_shardings, repl), donate_argnums=(0,),
                    compiler_options=FAST_COMPILE if config.train.fast_compile else None)
   t0 = time.perf_counter()
@@ -353,6 +396,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   batch_abstract = abstract_batch(mesh, sample)
   frames_per_step = int(np.prod(batch_abstract["frames"].shape[:2]))
   steps = tc.num_steps if tc.num_steps > 0 else tc.num_epochs * data.steps_per_epoch
+  task.set_total_steps(steps)                        # ramps and schedules are fractions of it
 
   # ---- Model & optimizer, sharding (parameters replicated, batches split over 'data') -----------
   abstract_state, init = create_train_state(task, config, mesh, batch_abstract)
@@ -360,6 +404,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_state.params))
   logging.info("stage %s: %s parameters; %d steps (%d per epoch), %d frames per step",
                task.name, f"{n_params:,}", steps, data.steps_per_epoch, frames_per_step)
+  if source is not None:   # before compiling: a checkpoint of another stage/config is refused now
+    try:
+      source.check_variables(abstract_state.params, abstract_state.extra)
+    except CheckpointError as e:
+      raise CheckpointError(describe_source(tc.init_from, config) + str(e)) from e
 
   # ---- Update step: lowered and compiled before step 1 -------------------------------------------
   compiled = compile_train_step(task, config, abstract_state, batch_abstract)

@@ -2,8 +2,7 @@
 
   kpf            Keyframe Processor on all frames (tasks/kpf.py)
   kpf_finetune   Keyframe Processor on keyframes only, usually from `train.init_from` (tasks/kpf.py)
-  propagator     Audio-insert Propagator (stage 2): its task is not part of this version yet;
-                 selecting it is an error that lists the stages available.
+  propagator     Audio-insert Propagator (stage 2), AOT's recipe (tasks/propagator.py)
 
 A new stage plugs in by adding its `Task` subclass to `TASKS`.
 """
@@ -13,11 +12,13 @@ from typing import Any
 
 from coprop_jax.train.tasks.base import Task
 from coprop_jax.train.tasks.kpf import KpfFinetuneTask, KpfTask
+from coprop_jax.train.tasks.propagator import PropagatorTask
 
 # Every stage a config may name (configs/parts/train.py documents them).
 STAGES = ("kpf", "kpf_finetune", "propagator")
-# The stages that have a training task in this version.
-TASKS: dict[str, type[Task]] = {"kpf": KpfTask, "kpf_finetune": KpfFinetuneTask}
+# The training task of each stage.
+TASKS: dict[str, type[Task]] = {"kpf": KpfTask, "kpf_finetune": KpfFinetuneTask,
+                                "propagator": PropagatorTask}
 
 
 class UnknownStageError(ValueError):
@@ -28,8 +29,6 @@ def get_task(config: Any) -> Task:
   """The task of `config.train.stage`, built from `config`."""
   stage = config.train.stage
   if stage not in TASKS:
-    why = ("the propagator (stage 2) has no training task in this version"
-           if stage == "propagator" else "unknown stage")
-    raise UnknownStageError(f"train.stage={stage!r}: {why}; stages that can be trained: "
+    raise UnknownStageError(f"train.stage={stage!r}: unknown stage; stages that can be trained: "
                             f"{', '.join(sorted(TASKS))}")
   return TASKS[stage](config)

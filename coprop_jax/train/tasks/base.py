@@ -4,12 +4,14 @@ A task knows its model, loss and metrics; the trainer owns the mesh, the data, t
 compilation, checkpoints, logging and the loop. `train_and_evaluate` uses a task like this:
 
   task = tasks.get_task(config)                        # TASKS[config.train.stage](config)
+  task.set_total_steps(steps)                          # the run's length, once it is known
   batch = task.prepare_batch(host_batch)               # every training batch, host side (numpy)
   params, extra = task.init_variables(batch, rng)      # traced (eval_shape / jit), fresh runs
-  tx = make_optimizer(config.train, task.trainable(params))
+  tx = task.make_optimizer(params)                     # default: make_optimizer(config.train,
+                                                       #   task.trainable(params), total_steps)
   state, loaded = task.load_pretrained(state)          # fresh runs only (not resume/init_from)
   loss, aux = task.loss_fn(params, extra, batch, rng, step)   # inside the compiled update step
-  logits = task.predict(params, extra, batch)          # traced (jit) by the trainer for evals
+  out = task.predict(params, extra, batch)             # traced (jit) by the trainer for evals
   metrics, images = task.evaluate(predict, eval_batches, num_images)   # host loop
 
 Batches are dicts in the shared vocabulary (DESIGN.md): `frames` [B, T, H, W, 3], `masks`
@@ -19,10 +21,11 @@ Every metric a task reports is "higher is better" (the trainer keeps the best ch
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Optional
 
 import jax
 import numpy as np
+import optax
 
 from coprop_jax.images import IMAGENET_MEAN, IMAGENET_STD
 
@@ -37,13 +40,23 @@ class Task:
     name: the `config.train.stage` value that selects the task.
     metric_names: eval metrics `evaluate` reports (the valid `eval.best_metric` values).
     default_best_metric: the keep-best metric when `eval.best_metric` is "".
+    length_dependent: the loss depends on the run's length (`set_total_steps`), so the length
+      may not change on resume.
   """
   name: str = ""
+  length_dependent: bool = False
   metric_names: tuple[str, ...] = ()
   default_best_metric: str = ""
 
   def __init__(self, config: Any):
     self.config = config
+    self.total_steps: Optional[int] = None
+
+  def set_total_steps(self, total_steps: int) -> None:
+    """Called by the trainer once the run's number of update steps is known (before anything is
+    traced): losses that ramp or switch with training progress and decaying learning rates
+    need it. Default: stored in `self.total_steps`."""
+    self.total_steps = int(total_steps)
 
   def prepare_batch(self, batch: dict) -> dict:
     """Host-side change of a training batch (numpy in, numpy out; shapes must not change, so
@@ -57,9 +70,17 @@ class Task:
 
   def trainable(self, params: Any) -> Any:
     """Pytree of bools (the params' structure or a prefix of it): False = frozen (no update, no
-    optimizer moments). `params` may be abstract (ShapeDtypeStructs). Default: all trainable."""
+    optimizer moments); or of floats, learning-rate ratios (0 = frozen; see
+    `state.make_optimizer`). `params` may be abstract (ShapeDtypeStructs). Default: all
+    trainable."""
     del params
     return None
+
+  def make_optimizer(self, params: Any) -> optax.GradientTransformation:
+    """The optimizer of this stage. `params` may be abstract. Default: `state.make_optimizer`
+    from `config.train` with `trainable(params)` and the run's `total_steps`."""
+    from coprop_jax.train.state import make_optimizer
+    return make_optimizer(self.config.train, self.trainable(params), total_steps=self.total_steps)
 
   def loss_fn(self, params: Any, extra: Any, batch: dict, rng: Array,
               step: Array) -> tuple[Array, dict[str, Array]]:
@@ -73,14 +94,16 @@ class Task:
     return state, []
 
   def predict(self, params: Any, extra: Any, batch: dict) -> Array:
-    """Evaluation forward pass; traced. -> logits [B, T, H, W, C]."""
+    """Evaluation forward pass; traced. -> one array that `evaluate` reads (the KPF: logits
+    [B, T, H, W, C]; the propagator: foreground probabilities or class ids [B, T, H, W])."""
     raise NotImplementedError
 
   def evaluate(self, predict: Callable[[dict], np.ndarray], batches: Iterable[dict],
                num_images: int = 0) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """Metrics over `batches` (host batches of the eval split) with `predict(host_batch) ->
-    logits [B, T, H, W, C]` (numpy). Returns (metrics {name: float} containing `metric_names`,
-    images {name: uint8 [H', W', 3]} for the first `num_images` videos)."""
+    numpy array` (the jitted `predict` on that batch; `evaluate` may change the batch first,
+    e.g. its control points). Returns (metrics {name: float} containing `metric_names`, images
+    {name: uint8 [H', W', 3]} for the first `num_images` videos)."""
     raise NotImplementedError
 
 
