@@ -33,8 +33,9 @@ def get_config(arg=None):
   c.rcpg.method = "cosine"              # control points of the evaluation (no audio LLM here):
                                         # on the data's audio_embed (coprop_jax.demo)
   c.train.lr = 2e-3
-  # Optimised XLA code: the first compile of a step takes ~1-2 min on 2 cores, but steps run ~5x
-  # faster than at -O0 and the stages share compiles through the cache below.
+  # Optimised XLA code: a first compile takes minutes on 2 busy cores, but steps run ~5x (KPF) to
+  # ~10x (stage 2's convolutions) faster than at -O0, whose stage-2 compile is no shorter; the
+  # stages share compiles through the cache below.
   c.train.fast_compile = False
   c.train.log_every = 25
   c.train.checkpoint_every = 0          # the last step only (always saved)

@@ -33,7 +33,8 @@ Workdir (`--workdir`, default /tmp/coprop_demo):
   xla_cache/                persistent XLA compilation cache shared by the stages
   demo_summary.json, demo.log   figures, targets, times and paths; the full log
 A rerun in the same workdir starts the stages again (runs/, model*, eval/, pictures/ are
-replaced) but reuses the data and the compilation cache. A non-empty workdir that no demo wrote
+replaced) but reuses the data and the compilation cache; `--resume` also keeps runs/ (each run
+continues from its last checkpoint, or is complete already). A non-empty workdir that no demo wrote
 is refused.
 """
 from __future__ import annotations
@@ -66,9 +67,11 @@ class DemoError(RuntimeError):
 
 
 # ----------------------------------------------------------------------------- workdir, config
-def prepare_workdir(workdir: str) -> pathlib.Path:
+def prepare_workdir(workdir: str, resume: bool = False) -> pathlib.Path:
   """Creates `workdir` (or reuses one a demo wrote: its previous outputs are removed, the data and
-  the compilation cache kept). A non-empty directory without the demo's marker is refused."""
+  the compilation cache kept; with `resume` the training runs and control points are kept too,
+  so each run continues from its last checkpoint). A non-empty directory without the demo's
+  marker is refused."""
   wd = pathlib.Path(workdir).expanduser().resolve()
   if wd.exists() and not wd.is_dir():
     raise DemoError(f"--workdir {wd}: exists and is not a directory")
@@ -78,6 +81,8 @@ def prepare_workdir(workdir: str) -> pathlib.Path:
   wd.mkdir(parents=True, exist_ok=True)
   (wd / MARKER).write_text("written by python -m coprop_jax.demo\n")
   for name in OUTPUTS:
+    if resume and name in ("runs", "control_points"):
+      continue
     p = wd / name
     if p.is_dir():
       shutil.rmtree(p)
@@ -123,10 +128,8 @@ def stage_configs(config: ml_collections.ConfigDict, workdir: pathlib.Path
       "kpf_finetune": make("kpf_finetune", dm.finetune_steps,
                            train__init_from=str(runs / "kpf" / "checkpoints")),
       "kpf_blind": make("kpf", dm.blind_steps, keyframe__audio_mode="zero"),
-      "propagator": make("propagator", dm.propagator_steps,
-                         train__fast_compile=bool(dm.propagator_fast_compile)),
-      "propagator_aot": make("propagator", dm.propagator_steps,
-                             train__fast_compile=bool(dm.propagator_fast_compile)),
+      "propagator": make("propagator", dm.propagator_steps),
+      "propagator_aot": make("propagator", dm.propagator_steps),
   }
   out["propagator_aot"].propagator.update(INSERT_VARIANTS["aot"])
   return out
@@ -166,6 +169,8 @@ def _quiet_libraries(log_file: pathlib.Path) -> Callable[[], None]:
   """INFO of every logger goes to `log_file` only; the console shows warnings and the bars.
   Returns a function undoing it."""
   from absl import logging as absl_logging
+  import tensorflow_datasets as tfds
+  tfds.disable_progress_bar()     # the demo's own bar covers the build
   root = logging.getLogger()
   fh = logging.FileHandler(log_file)
   fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -407,9 +412,11 @@ def check_targets(config: ml_collections.ConfigDict, summaries: dict) -> list[di
   ]
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """The whole demo (see the module docstring); returns what demo_summary.json holds."""
-  wd = prepare_workdir(workdir)
+def run(config: ml_collections.ConfigDict, workdir: str, resume: bool = False) -> dict:
+  """The whole demo (see the module docstring); returns what demo_summary.json holds.
+  resume: keep the training runs of a previous (e.g. interrupted) demo in `workdir` and continue
+  them (same config only: the trainer refuses a changed one)."""
+  wd = prepare_workdir(workdir, resume)
   undo = _quiet_libraries(wd / "demo.log")
   t_start = time.perf_counter()
   times: dict[str, float] = {}
@@ -497,13 +504,15 @@ def main(argv: Optional[list[str]] = None) -> int:
   ap.add_argument("--workdir", default="/tmp/coprop_demo", help="where everything is written")
   ap.add_argument("--config", default=DEFAULT_CONFIG,
                   help="demo config file[:config string] (default configs/demo.py)")
+  ap.add_argument("--resume", action="store_true",
+                  help="continue the training runs of an interrupted demo in --workdir")
   args, rest = ap.parse_known_args(argv)
   bad = [r for r in rest if not r.startswith("--config.")]
   if bad:
     ap.error(f"unrecognized arguments: {' '.join(bad)}")
   try:
     config = load_config(args.config, rest)
-    summary = run(config, args.workdir)
+    summary = run(config, args.workdir, args.resume)
   except (DemoError, ConfigError, CheckpointError, ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

@@ -9,14 +9,10 @@ def get_demo_config() -> ml_collections.ConfigDict:
   # KPF run), the audio-blind KPF (keyframe.audio_mode="zero", all frames, from scratch) and the
   # propagator (stage 2), trained twice: with the audio insert (the paper's "4layer") and without
   # (plain AOT, INSERT_VARIANTS["aot"]).
-  c.kpf_steps = 300
-  c.finetune_steps = 60
-  c.blind_steps = 300
-  c.propagator_steps = 150
-  # Compile stage 2's update step at -O0 (train.fast_compile for those two runs only): its
-  # scan + BPTT step takes minutes to compile optimised on 2 CPU cores, more than its few steps
-  # gain from it; the KPF stages follow train.fast_compile.
-  c.propagator_fast_compile = True
+  c.kpf_steps = 200
+  c.finetune_steps = 30
+  c.blind_steps = 100
+  c.propagator_steps = 60
   # Evaluation split of the metrics table (the synthetic set's held-out "test" split).
   c.split = "test"
   # Test clips drawn as an overlay grid and a timeline each (the first ones that switch source).
