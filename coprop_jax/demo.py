@@ -114,8 +114,8 @@ def stage_configs(config: ml_collections.ConfigDict, workdir: pathlib.Path
   gt_file = str(workdir / "control_points" / "gt.jsonl")
 
   def make(stage: str, steps: int, **kw) -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict(config.to_dict())
-    c.train.stage = stage
+    c = ml_collections.ConfigDict({k: v for k, v in config.to_dict().items() if k != "demo"})
+    c.train.stage = stage   # (the demo section is the demo's, not the run's: not saved with it)
     c.train.num_steps = int(steps)
     c.data.control_points_file = gt_file
     for k, v in kw.items():
@@ -295,12 +295,14 @@ class _Counted:
 
 def evaluate_methods(config: ml_collections.ConfigDict, configs: dict, workdir: pathlib.Path,
                      models: dict[str, str], control_points: dict) -> dict:
-  """Stage 9: the metrics table of the test split (coprop_jax.evaluate), written to eval/.
+  """Stage 9: the metrics table of `demo.split` (coprop_jax.evaluate), written to eval/.
+  `config`: the demo config; `configs`: the runs' (stage_configs).
   Returns {"summaries": {method: summary}, "methods": [...], "table": markdown}."""
   from coprop_jax import evaluate as ev_lib
   from coprop_jax import export, model_io
   from coprop_jax.train.state import FAST_COMPILE
   split = config.demo.split
+  config = configs["kpf_finetune"]   # the model's networks (model/ was exported with them)
   main = ev_lib.load_main_model(models["model"], config)
   aot = ev_lib.load_aot_model(models["model_aot"], config, main)
   blind_cfg = configs["kpf_blind"]
@@ -445,7 +447,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, resume: bool = False) -
     with timed("export"):
       models = export_models(configs, wd)
     with timed("evaluate"):
-      evaluation = evaluate_methods(configs["kpf_finetune"], configs, wd, models, cps)
+      evaluation = evaluate_methods(config, configs, wd, models, cps)
     with timed("pictures"):
       pictures = draw_pictures(config, wd, evaluation)
   finally:
