@@ -251,9 +251,11 @@ def train_stage(name: str, config: ml_collections.ConfigDict, workdir: pathlib.P
     h = _TrainProgress(bar)
     absl_logging.get_absl_logger().addHandler(h)
     try:
-      return trainer.train_and_evaluate(config, str(workdir / "runs" / name))
+      summary = trainer.train_and_evaluate(config, str(workdir / "runs" / name))
     finally:
       absl_logging.get_absl_logger().removeHandler(h)
+    bar.update(summary["final_step"] - bar.n)   # a resumed, complete run logs no step
+    return summary
 
 
 def export_models(configs: dict, workdir: pathlib.Path) -> dict[str, str]:
