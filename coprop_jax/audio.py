@@ -164,3 +164,34 @@ def read_wav(path: str | os.PathLike, expected_rate: int | None = SAMPLE_RATE) -
   if expected_rate is not None and rate != expected_rate:
     raise AudioError(f"audio file {path}: sample rate {rate} Hz, expected {expected_rate} Hz")
   return to_mono(data).astype(np.float32), int(rate)
+
+
+# Names of the weight-free per-frame audio embeddings (`data.audio_embed`), [T, 96, 64] -> [T, 128].
+AUDIO_EMBEDDINGS = ("logmel_stats",)
+
+
+def logmel_stats_embedding(audio_logmel: np.ndarray) -> np.ndarray:
+  """audio_logmel [T, 96, 64] (one VGGish patch per frame) -> float32 [T, 128]: per mel band, the
+  frame's mean log-mel level above the frame's quietest band (64) and its standard deviation over
+  the patch's 96 time steps (64).
+
+  A stand-in for VGGish embeddings when no converted VGGish weights are at hand (the demo): a
+  fixed function of the spectrum, no network. Shifting each frame's mean spectrum by its minimum
+  puts silent bands at 0, so the cosine similarity of two frames reflects which bands sound
+  (`coprop_jax.rcpg.core.cosine_control_points` works on it as on VGGish embeddings).
+  """
+  # not in the paper: it uses VGGish embeddings; this weight-free embedding is the demo's.
+  x = np.asarray(audio_logmel, np.float32)
+  if x.ndim != 3 or x.shape[1:] != (PATCH_FRAMES, NUM_MEL_BINS):
+    raise AudioError(f"audio_logmel: expected [T, {PATCH_FRAMES}, {NUM_MEL_BINS}], got shape "
+                     f"{x.shape}")
+  mean = x.mean(axis=1)
+  mean = mean - mean.min(axis=1, keepdims=True)
+  return np.concatenate([mean, x.std(axis=1)], axis=1).astype(np.float32)
+
+
+def frame_embeddings(audio_logmel: np.ndarray, kind: str) -> np.ndarray:
+  """The weight-free embedding `kind` (one of AUDIO_EMBEDDINGS) of [T, 96, 64] -> [T, 128]."""
+  if kind == "logmel_stats":
+    return logmel_stats_embedding(audio_logmel)
+  raise AudioError(f"audio embedding {kind!r}: expected one of {AUDIO_EMBEDDINGS}")

@@ -52,11 +52,23 @@ def _flat(d: Mapping, prefix: str = "") -> dict[str, Any]:
   return out
 
 
+# Fields outside MODEL_SECTIONS that change the networks' parameters: with a precomputed
+# `data.audio_embed` the KPF has no VGGish (pipeline.init_params(audio_logmel=False)).
+DATA_ARCHITECTURE = ("data.audio_embed",)
+
+
+def uses_audio_embed(config: ml_collections.ConfigDict) -> bool:
+  """True when the config's data give precomputed `audio_embed` (no VGGish in the KPF)."""
+  return bool(config.get("data", {}).get("audio_embed", ""))
+
+
 def architecture(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """The config fields that define the networks' parameters and computation (flattened)."""
   flat = _flat(json.loads(json.dumps(config.to_dict(), default=list)))
-  return {k: v for k, v in flat.items() if k.split(".")[0] in MODEL_SECTIONS
-          and k not in NOT_ARCHITECTURE and not k.startswith("propagator.train.")}
+  out = {k: v for k, v in flat.items() if k.split(".")[0] in MODEL_SECTIONS
+         and k not in NOT_ARCHITECTURE and not k.startswith("propagator.train.")}
+  out.update({k: flat[k] for k in DATA_ARCHITECTURE if flat.get(k)})   # "" = absent (VGGish)
+  return out
 
 
 def architecture_changes(saved: ml_collections.ConfigDict, current: ml_collections.ConfigDict
@@ -82,8 +94,10 @@ def expected_shapes(config: ml_collections.ConfigDict, image_size: int) -> Any:
   if key not in _SHAPES:
     cfg = ml_collections.ConfigDict(config.to_dict())
     cfg.propagator.aot_weights = ""   # shapes only: never read a checkpoint here
-    _SHAPES[key] = jax.eval_shape(lambda r: pipeline.init_params(cfg, r, int(image_size)),
-                                  jax.random.PRNGKey(0))
+    logmel = not uses_audio_embed(cfg)
+    _SHAPES[key] = jax.eval_shape(
+        lambda r: pipeline.init_params(cfg, r, int(image_size), audio_logmel=logmel),
+        jax.random.PRNGKey(0))
   return _SHAPES[key]
 
 

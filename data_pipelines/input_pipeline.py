@@ -17,6 +17,7 @@ import grain
 import numpy as np
 from PIL import Image
 
+from coprop_jax import audio as audio_lib
 from coprop_jax import images
 from data_pipelines.avsbench import builders as B
 from data_pipelines.avsbench import readers as R
@@ -83,12 +84,18 @@ class Preprocess:
 
   Output (unbatched): frames float32 [T,S,S,3] ImageNet-normalised (uint8 when normalize=False),
   masks int32 [T,S,S], gt_valid/frame_valid bool [T], audio_logmel float32 [T,96,64],
+  (with `audio_embed`, see configs/parts/data.py) audio_embed float32 [T,128],
   control_points int32 [T], video_id str.
   """
 
   def __init__(self, features, image_size: int, train: bool, augment=None, normalize=True,
-               control_points=None):
+               control_points=None, audio_embed: str = ""):
     self.features, self.size, self.train, self.normalize = features, image_size, train, normalize
+    # data.audio_embed: "" or a coprop_jax.audio.AUDIO_EMBEDDINGS name (adds audio_embed [T,128]).
+    if audio_embed and audio_embed not in audio_lib.AUDIO_EMBEDDINGS:
+      raise ValueError(f"data.audio_embed: expected '' or one of {audio_lib.AUDIO_EMBEDDINGS}, "
+                       f"got {audio_embed!r}")
+    self.audio_embed = audio_embed
     # builders.ControlPoints joined at read time (by video id), overriding the built dataset's.
     self.control_points = control_points
     a = augment or {}
@@ -111,10 +118,13 @@ class Preprocess:
     cp = ex["control_points"]
     if self.control_points is not None:  # from the clip's own (un-augmented) GT masks if needed
       cp = self.control_points.get(vid, len(cp), dict(masks=ex["masks"], gt_valid=ex["gt_valid"]))
-    return dict(frames=frames, masks=masks, gt_valid=ex["gt_valid"].astype(bool),
-                frame_valid=ex["frame_valid"].astype(bool),
-                audio_logmel=ex["audio_logmel"].astype(np.float32),
-                control_points=np.asarray(cp, np.int32), video_id=vid)
+    out = dict(frames=frames, masks=masks, gt_valid=ex["gt_valid"].astype(bool),
+               frame_valid=ex["frame_valid"].astype(bool),
+               audio_logmel=ex["audio_logmel"].astype(np.float32),
+               control_points=np.asarray(cp, np.int32), video_id=vid)
+    if self.audio_embed:
+      out["audio_embed"] = audio_lib.frame_embeddings(out["audio_logmel"], self.audio_embed)
+    return out
 
 
 def _batch(items: list[dict]) -> dict:
@@ -155,7 +165,8 @@ def make_dataset(data_cfg, split: str, train: bool, shard_options=None, batch_si
     # dataset (a build reuses existing ArrayRecords and would keep the old control points).
     cp = B.ControlPoints(data_cfg.control_points_file, data_cfg.get("control_points_fallback", "error"),
                          binary=not data_cfg.name.endswith("_avss"))
-  pre = Preprocess(b.info.features, data_cfg.image_size, train, dict(data_cfg.augment), normalize, cp)
+  pre = Preprocess(b.info.features, data_cfg.image_size, train, dict(data_cfg.augment), normalize, cp,
+                   data_cfg.get("audio_embed", ""))
   gbs = batch_size or max(1, (data_cfg.batch_size if train else data_cfg.eval_batch_size) // so.shard_count)
   if train:
     ds = ds.seed(data_cfg.shuffle_seed).shuffle().repeat()

@@ -31,7 +31,7 @@ import time
 
 import tensorflow_datasets as tfds
 
-from data_pipelines import synthetic
+from data_pipelines import moc_synth, synthetic
 from data_pipelines.avsbench import builders
 from data_pipelines.avsbench import readers as R
 
@@ -87,12 +87,26 @@ def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
 # ----------------------------------------------------------------------------- synthetic tree
 
 
-def synthetic_settings(layout: str, num_videos: int, size: int, seed: int) -> dict:
-  """The settings a synthetic tree is made from (frames: the layout's, see synthetic.py)."""
+# data.synthetic.generator -> the modules whose code draws the clips (their hash is recorded).
+GENERATORS = {"random": (synthetic,), "moc": (synthetic, moc_synth)}
+
+
+def _code(module) -> str:
+  return hashlib.sha256(inspect.getsource(module).encode()).hexdigest()[:16]
+
+
+def synthetic_settings(layout: str, num_videos: int, size: int, seed: int,
+                       generator: str = "random") -> dict:
+  """The settings a synthetic tree is made from (frames: the layout's, see synthetic.py;
+  generator: "random" = synthetic.make_clip, "moc" = moc_synth.make_clip)."""
+  if generator not in GENERATORS:
+    raise PrepareError(f"data.synthetic.generator: expected one of {sorted(GENERATORS)}, got "
+                       f"{generator!r}")
   frames = {"s4": 5, "ms3": 5, "avss": "v1: 5, v2: 10"}[layout]
-  code = hashlib.sha256(inspect.getsource(synthetic).encode()).hexdigest()[:16]
+  code = ", ".join(f"data_pipelines/{m.__name__.rpartition('.')[2]}.py@{_code(m)}"
+                   for m in GENERATORS[generator])
   return dict(layout=layout, num_videos=int(num_videos), size=int(size), frames=frames,
-              seed=int(seed), generator=f"data_pipelines/synthetic.py@{code}")
+              seed=int(seed), script=generator, generator=code)
 
 
 def _tree_entries(manual: pathlib.Path, layout: str) -> list[pathlib.Path]:
@@ -102,11 +116,12 @@ def _tree_entries(manual: pathlib.Path, layout: str) -> list[pathlib.Path]:
   return [sub] if sub.exists() else []
 
 
-def ensure_synthetic_tree(manual_dir, layout: str, num_videos: int, size: int, seed: int) -> str:
+def ensure_synthetic_tree(manual_dir, layout: str, num_videos: int, size: int, seed: int,
+                          generator: str = "random") -> str:
   """Generates the synthetic tree unless one from the same settings is there. -> "generated",
   "reused" or "regenerated". Refuses a tree without this module's stamp (it may be real data)."""
   manual = pathlib.Path(manual_dir).expanduser()
-  want = synthetic_settings(layout, num_videos, size, seed)
+  want = synthetic_settings(layout, num_videos, size, seed, generator)
   stamp = manual / f".coprop_synthetic_{layout}.json"
   have = _read_json(stamp)
   entries = _tree_entries(manual, layout)
@@ -128,7 +143,8 @@ def ensure_synthetic_tree(manual_dir, layout: str, num_videos: int, size: int, s
   elif have is not None:   # a stamp without its tree
     stamp.unlink()
   synthetic.write_dataset(manual, layout, num_videos, size,
-                          None if layout == "avss" else want["frames"], seed)
+                          None if layout == "avss" else want["frames"], seed,
+                          clip_fn=moc_synth.make_clip if generator == "moc" else None)
   _write_json_atomic(stamp, want)
   log.info("%s synthetic %s tree in %s (%d videos, %d px, seed %d)", action, layout, manual,
            num_videos, size, seed)
@@ -211,7 +227,7 @@ def prepare_dataset(data_cfg):
                        f"{cls.NUM_FRAMES} frames per clip")
   if kind == "synthetic":
     ensure_synthetic_tree(manual, layout, data_cfg.synthetic.num_videos, data_cfg.image_size,
-                          data_cfg.synthetic.seed)
+                          data_cfg.synthetic.seed, data_cfg.synthetic.generator)
   elif not manual.is_dir():
     raise PrepareError(f"data.manual_dir={data_cfg.manual_dir!r}: not a directory (the AVSBench "
                        "manual download)")

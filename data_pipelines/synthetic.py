@@ -146,6 +146,20 @@ def make_clip(rng: np.random.Generator, layout: str = "ms3", size: int = 64, fra
         cur = new
         cps[t] = 1
     sounding[t] = cur
+  return render_clip(rng, layout, size, classes, sounding, cps, r, pos, vel, video_id)
+
+
+def render_clip(rng: np.random.Generator, layout: str, size: int, classes: np.ndarray,
+                sounding: np.ndarray, control_points: np.ndarray, r: np.ndarray, pos: np.ndarray,
+                vel: np.ndarray, video_id: str = "clip") -> dict:
+  """Draws a clip from its script (the part of `make_clip` after the sounding schedule).
+
+  classes int [N] (indices into CLASSES, distinct); sounding bool [T, N]; control_points int [T];
+  r [N] radii, pos [N, 2] start centres (y, x), vel [N, 2] pixels per frame (objects bounce
+  between the walls); all in pixels. Returns `make_clip`'s dict.
+  """
+  frames, n_obj = sounding.shape
+  cps = np.asarray(control_points, np.int32)
   # Background: low-contrast gradient + noise, fixed per clip.
   base = rng.uniform(40, 110, size=3)
   grad = np.linspace(-15, 15, size)[None, :, None]
@@ -182,7 +196,7 @@ def make_clip(rng: np.random.Generator, layout: str = "ms3", size: int = 64, fra
       frames=out_frames, masks=masks, gt_valid=np.ones(frames, bool),
       frame_valid=np.ones(frames, bool), waveform=wave.astype(np.float32),
       audio_logmel=audio_lib.waveform_to_frame_patches(wave, frames),
-      control_points=cps, sounding=sounding, object_classes=classes.astype(np.int32),
+      control_points=cps, sounding=sounding, object_classes=np.asarray(classes, np.int32),
       visible=visible, category=CLASS_NAMES[int(classes[first])], video_id=video_id)
 
 
@@ -208,8 +222,11 @@ def _splits(num_videos: int) -> list[str]:
 
 
 def write_dataset(out: str | os.PathLike, layout: str, num_videos: int = 12, size: int = 64,
-                  frames: int | None = None, seed: int = 0) -> pathlib.Path:
+                  frames: int | None = None, seed: int = 0, clip_fn=None) -> pathlib.Path:
   """Writes a synthetic AVSBench tree for `layout` under `out` (atomically: temp dir + rename).
+
+  clip_fn(rng, layout, size, frames, video_id) -> clip dict (`make_clip`'s keys) draws each
+  clip; default `make_clip` (e.g. `data_pipelines.moc_synth.make_clip` for switching sources).
 
   Returns the root path (`out`). Layouts (REFERENCE.md section 5):
     s4:   out/Single-source/s4_meta_data.csv + s4_data/{visual_frames,gt_masks,audio_wav}/...
@@ -237,7 +254,7 @@ def write_dataset(out: str | os.PathLike, layout: str, num_videos: int = 12, siz
         label, t = None, 5
       t = frames if (frames and layout != "avss") else t
       name = f"syn{layout}_{i:05d}"
-      clip = make_clip(rng, layout, size, t, video_id=name)
+      clip = (clip_fn or make_clip)(rng, layout, size, t, video_id=name)
       if layout == "s4":
         cat = clip["category"]
         rows.append([name, 0, cat, split])

@@ -404,7 +404,7 @@ def _train_toy(steps, audio_mode, seed=0):
   step = make_train_step(task.loss_fn)
   hist = []
   for i in range(steps):
-    state, m = step(state, shd.device_arrays(next(batches)))
+    state, m = step(state, shd.device_arrays(task.prepare_batch(next(batches))))
     if (i + 1) % 10 == 0:
       hist.append(float(m["loss"]))
   test = toy_data.make_dataset(seed + 100, 16, size=32, frames=4)

@@ -33,6 +33,11 @@ def get_data_config() -> ml_collections.ConfigDict:
   c.augment.random_resized_crop_scale = (0.5, 1.0)  # area fraction range of the crop
   c.augment.flip_prob = 0.5                          # horizontal flip probability
   c.augment.color_jitter = 0.2                       # brightness/contrast/saturation strength
+  # Per-frame audio embedding computed when examples are read: "" (none: batches carry the log-mel
+  # patches `audio_logmel` only and the networks run VGGish on them) or "logmel_stats" (adds
+  # `audio_embed` [T, 128] = coprop_jax.audio.logmel_stats_embedding, a weight-free stand-in for
+  # VGGish embeddings; the networks then use it and no VGGish is built: the demo's choice).
+  c.audio_embed = ""
   # Optional RCPG output (JSON lines, one per video) joined onto examples by video id when they
   # are read (input_pipeline), so a new file needs no rebuild; without it the built dataset's
   # control points are used (frame 0 only unless it was built with a file).
@@ -52,4 +57,8 @@ def get_data_config() -> ml_collections.ConfigDict:
   c.synthetic = ml_collections.ConfigDict()
   c.synthetic.num_videos = 48
   c.synthetic.seed = 0
+  # Which clips: "random" (data_pipelines.synthetic: the sounding set changes at random frames,
+  # often never in a 5-frame clip) or "moc" (data_pipelines.moc_synth: one source at a time,
+  # switching inside 3 of 4 clips, as the paper's MOC subset; the demo's data).
+  c.synthetic.generator = "random"
   return c

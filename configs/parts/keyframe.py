@@ -44,6 +44,10 @@ def get_keyframe_config() -> ml_collections.ConfigDict:
   # Attention kernel: "auto" (cuDNN fused attention on an NVIDIA GPU when computing in bfloat16
   # and the head size allows, XLA otherwise: always XLA on CPU/TPU), "xla" or "cudnn".
   c.attention_impl = "auto"
+  # Audio the KPF is trained and evaluated with (tasks/kpf.py): "normal"; "zero" (all-zero audio:
+  # the audio-blind control, e.g. the demo's "KPF without audio") or "shuffle" (the audio of
+  # another clip of the batch).
+  c.audio_mode = "normal"
   # Compute dtype: "float32" or "bfloat16" (accelerators). Parameters, normalisation statistics,
   # attention softmax and the output logits stay float32.
   c.dtype = "float32"

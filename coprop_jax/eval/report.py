@@ -63,6 +63,9 @@ METHOD_LABELS = {
     "aot": "Plain AOT propagation (no audio)",
     "gt_keyframes": "GT keyframe masks (oracle)",
     "external_keyframes": "External keyframe masks",
+    "coprop_gt_cp": "Co-Prop, GT control points",
+    "kpf_blind": "KPF only, trained and run without audio",
+    "coprop_aot": "Co-Prop keyframes + plain-AOT propagator (Table 5 'AOT')",
 }
 _METHOD_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 

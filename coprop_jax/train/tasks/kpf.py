@@ -78,6 +78,9 @@ def _audio(f: dict, mode: str, rng: jax.Array) -> dict:
                    f"got keys {sorted(f)}")
 
 
+AUDIO_MODES = ("normal", "zero", "shuffle")
+
+
 def corrupt_audio(audio: jax.Array, mode: str, rng: jax.Array) -> jax.Array:
   if mode == "normal":
     return audio
@@ -150,21 +153,31 @@ class KpfTask(Task):
   name = "kpf"
   keyframes_only = False
 
-  def __init__(self, config: Any, audio_mode: str = "normal"):
+  def __init__(self, config: Any, audio_mode: str = ""):
     super().__init__(config)
     self.model = self.build_model()
     self.num_classes = int(config.keyframe.num_classes)
-    self.audio_mode = audio_mode
+    # "" = config.keyframe.audio_mode (normal, zero: audio-blind, shuffle)
+    self.audio_mode = audio_mode or config.keyframe.get("audio_mode", "normal")
+    if self.audio_mode not in AUDIO_MODES:
+      raise ValueError(f"keyframe.audio_mode: expected one of {AUDIO_MODES}, got "
+                       f"{self.audio_mode!r}")
     main = "J" if self.num_classes == 1 else "mIoU"
     self.metric_names = (main, "F", f"{main}_keyframes", "F_keyframes")
     self.default_best_metric = f"{main}_keyframes" if self.keyframes_only else main
-    self._loss = make_loss_fn(self.model, config.train, False, audio_mode)
+    # "zero" is applied to the host batches (prepare_batch), so the compiled update step is the
+    # same program as with audio (one compile, shared through the persistent compilation cache).
+    self._loss = make_loss_fn(self.model, config.train, False,
+                              "normal" if self.audio_mode == "zero" else self.audio_mode)
 
   def build_model(self) -> Any:
     """The network (a Linen module called like `KeyframeProcessor`)."""
     return kf.from_config(self.config.keyframe)
 
   def prepare_batch(self, batch: dict) -> dict:
+    if self.audio_mode == "zero":
+      batch = dict(batch, **{k: np.zeros_like(batch[k]) for k in ("audio_embed", "audio_logmel")
+                             if k in batch})
     return restrict_to_keyframes(batch) if self.keyframes_only else batch
 
   def init_variables(self, batch: dict, rng: jax.Array) -> tuple[Any, Any]:

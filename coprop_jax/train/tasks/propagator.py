@@ -142,7 +142,7 @@ class PropagatorTask(Task):
     prop = prop_lib.init_params(self.model, r_prop, feats, jnp.zeros((1, 128)), onehot)
     params = {"propagator": prop, "encoder": enc_vars.pop("params", {})}
     extra = {"encoder": enc_vars}
-    if "audio_logmel" in batch:
+    if "audio_logmel" in batch and "audio_embed" not in batch:   # audio_embed wins (_audio_args)
       extra["vggish"] = self._kpf_vggish(batch, rng)
     return params, extra
 
