@@ -58,6 +58,7 @@ from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
+from coprop_jax import audio as audio_lib
 from coprop_jax import media
 
 FORMAT = "coprop_jax.predict/1"
@@ -280,10 +281,14 @@ class Predictor:
     self.chunk_frames = int(chunk_frames)
     self.params = jax.tree_util.tree_map(jnp.asarray, params)
     self.semantic = int(config.keyframe.num_classes) > 1
+    from coprop_jax import model_io
+    # A model trained on a weight-free embedding (`data.audio_embed`, e.g. the demo's
+    # "logmel_stats") hears through that same embedding; otherwise through its own VGGish.
+    self._embed_kind = str(config.data.audio_embed) if model_io.uses_audio_embed(config) else ""
     vgg = self.params.get("keyframe", {}).get("params", {}).get("vggish")
-    if vgg is None:
-      raise PredictError(f"model {model_dir}: its Keyframe Processor holds no VGGish params, so it "
-                         "cannot hear raw audio (it was built for precomputed audio_embed)")
+    if vgg is None and not self._embed_kind:
+      raise PredictError(f"model {model_dir}: its Keyframe Processor holds no VGGish params and "
+                         "its config names no data.audio_embed, so it cannot hear raw audio")
     self._vggish = vgg
     self.segmenter = pipeline.make_segmenter(config, keyframe_batch=keyframe_batch,
                                              compiler_options=compiler_options)
@@ -306,6 +311,10 @@ class Predictor:
     chunk_frames at a time, padded to a power of two (VGGish compiles in well under a second and
     its run time grows with the padding)."""
     lm = np.asarray(audio_logmel, np.float32)
+    if self._embed_kind:
+      if not len(lm):
+        return np.zeros((0, 128), np.float32)
+      return audio_lib.frame_embeddings(lm, self._embed_kind).astype(np.float32)
     c, out = self.chunk_frames, []
     for a in range(0, len(lm), c):
       x = lm[a:a + c]

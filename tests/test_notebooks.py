@@ -11,7 +11,9 @@ import pytest
 
 from predict_helpers import ROOT, subprocess_env, tiny_model_dir
 
-OWN_TESTS = {"inference.ipynb"}
+# Notebooks with their own execution tests (they need a trained model directory):
+# inference.ipynb below, ablations.ipynb in tests/test_demo.py (on the smoke demo's model).
+OWN_TESTS = {"inference.ipynb", "ablations.ipynb"}
 NOTEBOOKS = sorted(p for p in (ROOT / "notebooks").glob("*.ipynb") if p.name not in OWN_TESTS)
 INFERENCE = ROOT / "notebooks" / "inference.ipynb"
 
@@ -34,19 +36,21 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     assert scope["MAX_DIFF"] < 1e-4
 
 
-def test_inference_notebook_saved_clean_and_imports_the_library():
+@pytest.mark.parametrize("name", sorted(OWN_TESTS))
+def test_model_notebooks_saved_clean_and_import_the_library(name):
   """Saved without outputs; the path cell defaults to the demo's model and takes COPROP_MODEL_DIR;
   the cells import the library and define no networks or pipeline code of their own."""
-  nb = json.loads(INFERENCE.read_text())
+  nb = json.loads((ROOT / "notebooks" / name).read_text())
   code = [c for c in nb["cells"] if c["cell_type"] == "code"]
   assert code and all(c["outputs"] == [] and c["execution_count"] is None for c in code)
   src = ["".join(c["source"]) for c in code]
   assert 'os.environ.get("COPROP_MODEL_DIR", "/tmp/coprop_demo/model")' in src[0]
   text = "\n".join(src)
   imported = set(re.findall(r"^\s*(?:from|import) ([\w.]+)", text, re.M))
-  assert {"coprop_jax", "data_pipelines"} <= {m.split(".")[0] for m in imported}
-  assert {m.split(".")[0] for m in imported} <= {"os", "pathlib", "io", "numpy", "IPython", "coprop_jax",
-                                                 "data_pipelines"}, imported
+  roots = {m.split(".")[0] for m in imported}
+  assert "coprop_jax" in roots
+  assert roots <= {"os", "pathlib", "io", "numpy", "IPython", "matplotlib", "ml_collections", "coprop_jax",
+                   "data_pipelines"}, imported
   assert not re.search(r"\b(jax|flax|lax)\.", text) and "class " not in text
   assert not any(l.lstrip().startswith(("!", "%")) for s in src for l in s.splitlines())
 

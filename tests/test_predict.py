@@ -245,3 +245,24 @@ def test_qwen_control_points_windows_context_and_fallback(env, tmp_path):
   cp = summary["control_points"]
   assert cp["flags"] == [1, 0, 0, 1, 0] and cp["source"] == "3step" and cp["fallbacks"] == 1
   assert [w["fallback"] for w in cp["windows"]] == [None, None, "first_frame"]
+
+
+def test_model_trained_on_a_weight_free_embedding_hears_through_it(rng):
+  """The demo's models (data.audio_embed="logmel_stats") hold no VGGish: predict embeds the audio
+  with the same weight-free embedding the model was trained on (checked against its definition:
+  per mel band, the time mean above the quietest band's mean, then the time std)."""
+  from coprop_jax import model_io
+  from predict_helpers import tiny_config
+  from propagator_helpers import random_like
+  cfg = tiny_config("data.audio_embed=logmel_stats")
+  params = random_like(model_io.expected_shapes(cfg, cfg.data.image_size), 0)
+  assert "vggish" not in params["keyframe"]["params"]
+  p = P.Predictor(cfg, params, image_size=cfg.data.image_size)
+  lm = rng.normal(size=(3, 96, 64)).astype(np.float32)
+  mean = lm.mean(axis=1)
+  ref = np.concatenate([mean - mean.min(axis=1, keepdims=True), lm.std(axis=1)], axis=1)
+  np.testing.assert_allclose(p.embed(lm), ref, rtol=1e-5, atol=1e-5)
+  assert p.embed(np.zeros((0, 96, 64), np.float32)).shape == (0, 128)
+  cfg_vgg = tiny_config()
+  with pytest.raises(P.PredictError, match="no VGGish"):
+    P.Predictor(cfg_vgg, params, image_size=cfg.data.image_size)

@@ -2,7 +2,8 @@
 pretrained encoders, optimizer, checkpoints with a grain iterator; one real run (multi-device: test_scale.py)
 (synthetic MS3 tree -> TFDS -> grain -> KPF with VGGish on log-mels -> eval, keep-best,
 TensorBoard) whose compiled step the other tests reuse through the persistent compilation
-cache. The two-stage run and the toy training runs (audio-aware vs audio-blind) are slow.
+cache. That real run, the two-stage run and the toy training runs (audio-aware vs audio-blind)
+are slow (the default suite keeps the trainer through a cheap network: test_trainer.py).
 Generic trainer behaviour (resume, NaN, config checks) with a cheap network: test_trainer.py."""
 import logging
 import os
@@ -96,6 +97,7 @@ def kpf_step(tmp_path_factory):
 _copy = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))   # one program, not one per leaf
 
 
+@pytest.mark.slow  # shares the kpf_step fixture: ~2-4 min of data build + VGGish KPF compile
 def test_synthetic_tree_is_reused_and_its_paths_follow_the_workdir(kpf_step, caplog):
   config, workdir = kpf_step[:2]
   assert config.data.manual_dir == "{workdir}/data/synthetic"
@@ -105,6 +107,7 @@ def test_synthetic_tree_is_reused_and_its_paths_follow_the_workdir(kpf_step, cap
   assert f"reusing synthetic ms3 tree in {workdir}/data/synthetic" in caplog.text
 
 
+@pytest.mark.slow  # shares the kpf_step fixture: ~2-4 min of data build + VGGish KPF compile
 def test_pipeline_batch_has_logmel_and_vggish_is_frozen(kpf_step):
   _, _, _, first, state, step = kpf_step
   assert first["audio_logmel"].shape == (2, 5, 96, 64) and "audio_embed" not in first
@@ -127,6 +130,7 @@ def test_pipeline_batch_has_logmel_and_vggish_is_frozen(kpf_step):
   assert float(m2["loss"]) != float(m1["loss"])
 
 
+@pytest.mark.slow  # shares the kpf_step fixture: ~2-4 min of data build + VGGish KPF compile
 def test_keyframe_only_step_ignores_non_keyframes(kpf_step):
   """kpf_finetune restricts the loss to keyframes on the host: the kpf step is reused as is."""
   _, _, task, first, state, step = kpf_step
@@ -154,6 +158,7 @@ def test_keyframe_only_step_ignores_non_keyframes(kpf_step):
   assert finetune.default_best_metric == "J_keyframes" and task.default_best_metric == "J"
 
 
+@pytest.mark.slow  # shares the kpf_step fixture: ~2-4 min of data build + VGGish KPF compile
 def test_load_pretrained_encoders(kpf_step, tmp_path):
   """keyframe.backbone_weights / vggish_weights: Orbax checkpoints from the converters land in
   params["backbone"] / params["vggish"]; a checkpoint that does not fit names the difference."""
