@@ -16,11 +16,11 @@ import numpy as np
 from coprop_jax.eval import report
 
 
-def main():
+def main(argv=None):
   p = argparse.ArgumentParser()
   p.add_argument("--videos", type=int, default=20)
   p.add_argument("--size", type=int, default=224)
-  a = p.parse_args()
+  a = p.parse_args(argv)
   rng = np.random.default_rng(0)
   s = a.size
   for task, t, c, split_videos in (("binary", 5, 2, {"s4_test": 740, "ms3_test": 64}),

@@ -109,10 +109,14 @@ def memory(seg, params, batch, cfg, size) -> dict:
   b, t = batch["control_points"].shape
   tp = propagation.bucket_length(t, int(cfg.propagator.length_bucket))
   sds = jax.ShapeDtypeStruct
-  pargs = ({"propagator": params["propagator"], "encoder": params["encoder"]},
-           sds((b, tp, size, size, 3), np.uint8), sds((b, tp, size, size), np.int32),
+  pp = {"propagator": params["propagator"], "encoder": params["encoder"]}
+  from coprop_jax.models import propagator as prop_lib
+  mem0 = jax.eval_shape(lambda: propagation.empty_memory(
+      seg.model, prop_lib.build_encoder(cfg.propagator)[1], pp["encoder"], (b, size, size, 3), np.uint8,
+      int(cfg.propagator.memory_slots)))
+  pargs = (pp, sds((b, tp, size, size, 3), np.uint8), sds((b, tp, size, size), np.int32),
            sds((b, tp), bool), sds((b, tp), np.int32), sds((b, tp, 128), np.float32), None, None,
-           sds((b, tp), bool))
+           sds((b, tp), bool), mem0)
   out = {}
   prop = seg.propagate.jitted.lower(*pargs).compile().memory_analysis()
   k = min(seg.keyframe_batch, 1 << (int(batch["control_points"].sum()) - 1).bit_length())

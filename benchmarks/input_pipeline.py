@@ -18,7 +18,7 @@ import time
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 
-def main():
+def main(argv=None):
   p = argparse.ArgumentParser()
   p.add_argument("--layout", default="ms3", choices=["s4", "ms3", "avss"])
   p.add_argument("--num_videos", type=int, default=48)
@@ -28,7 +28,7 @@ def main():
   p.add_argument("--steps", type=int, default=20)
   p.add_argument("--workers", type=int, default=0)
   p.add_argument("--workdir", default=None)
-  a = p.parse_args()
+  a = p.parse_args(argv)
   from configs.parts.data import get_data_config
   from data_pipelines import input_pipeline, synthetic
   from data_pipelines.avsbench import builders

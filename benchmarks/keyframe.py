@@ -23,7 +23,7 @@ from coprop_jax.train.tasks import kpf as keyframe_task
 from coprop_jax.train.state import TrainState, make_optimizer, make_train_step
 
 
-def main():
+def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__)
   p.add_argument("--backbone", default="pvt_v2_b0")
   p.add_argument("--size", type=int, default=224)
@@ -34,7 +34,7 @@ def main():
   p.add_argument("--steps", type=int, default=5)
   p.add_argument("--compile-only", action="store_true",
                  help="lower+compile from abstract shapes only (no params allocated, no run)")
-  a = p.parse_args()
+  a = p.parse_args(argv)
 
   model = KeyframeProcessor(backbone=a.backbone, d_model=a.d_model, num_classes=a.num_classes,
                             dtype=jnp.dtype(a.dtype))

@@ -70,7 +70,7 @@ def measure(path, mode, size, chunk):
                         peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))))
 
 
-def main():
+def main(argv=None):
   p = argparse.ArgumentParser()
   p.add_argument("--seconds", default="60,600", help="comma-separated video lengths")
   p.add_argument("--fps", type=int, default=25, help="source video frame rate")
@@ -81,7 +81,7 @@ def main():
   p.add_argument("--workdir", default=None)
   p.add_argument("--measure", default=None, help=argparse.SUPPRESS)
   p.add_argument("--mode", default="chunks", help=argparse.SUPPRESS)
-  a = p.parse_args()
+  a = p.parse_args(argv)
   if a.measure:
     measure(a.measure, a.mode, a.size, a.chunk)
     return

@@ -141,7 +141,7 @@ def evaluate(args, prop):
           date=datetime.date.today().isoformat())), flush=True)
 
 
-def main():
+def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   ap.add_argument("--steps", type=int, default=150)
   ap.add_argument("--lr", type=float, default=2e-3)
@@ -152,7 +152,7 @@ def main():
   ap.add_argument("--frames", type=int, default=100)
   ap.add_argument("--slots", type=int, default=4)
   ap.add_argument("--mem_gap", type=int, default=5)
-  args = ap.parse_args()
+  args = ap.parse_args(argv)
   evaluate(args, train(args))
 
 

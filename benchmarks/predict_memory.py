@@ -65,12 +65,12 @@ def make_model(out):
   return model_io.save_model(out, cfg, params, sources={"keyframe": "init", "propagator": "init"})
 
 
-def main():
+def main(argv=None):
   ap = argparse.ArgumentParser()
   ap.add_argument("--checkpoint", help="model directory (default: a runlocal model with init params)")
   ap.add_argument("--lengths", default="20,200", help="video lengths in seconds (= frames at 1 fps)")
   ap.add_argument("--chunk_frames", type=int, default=30)
-  args = ap.parse_args()
+  args = ap.parse_args(argv)
   with tempfile.TemporaryDirectory() as tmp:
     tmp = pathlib.Path(tmp)
     model = args.checkpoint or make_model(tmp / "model")

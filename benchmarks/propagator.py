@@ -11,6 +11,8 @@ the first ceil(valid_frac * T) frames valid and the rest padding (skipped by the
 all T frames.
 --encoder fake replaces the visual encoder with strided average pooling producing
 MobileNetV2-shaped maps (24@1/4, 32@1/8, 96@1/16, 1280@1/16), to isolate the propagator.
+--conv_impl: the propagator's convolution form (propagator.conv_impl; "auto" = by backend).
+--d_model / --heads / --ffn shrink the LSTT (smoke runs; defaults AOT-L).
 """
 import argparse, json, math, resource, time
 
@@ -28,7 +30,7 @@ def fake_encoder(_, x):
   return [rep(pool(4), 24), rep(pool(8), 32), rep(pool(16), 96), rep(pool(16), 1280)]
 
 
-def main():
+def main(argv=None):
   ap = argparse.ArgumentParser()
   ap.add_argument("--frames", default="8,64,512")
   ap.add_argument("--size", type=int, default=224)
@@ -39,9 +41,14 @@ def main():
   ap.add_argument("--run_frames", type=int, default=8)
   ap.add_argument("--valid_frac", type=float, default=1.0,
                   help="fraction of leading valid frames in the timed run (rest = padding)")
-  a = ap.parse_args()
+  ap.add_argument("--conv_impl", default="auto", choices=["auto", "xla", "shift"])
+  ap.add_argument("--d_model", type=int, default=256)
+  ap.add_argument("--heads", type=int, default=8)
+  ap.add_argument("--ffn", type=int, default=1024)
+  a = ap.parse_args(argv)
   cfg = get_propagator_config()
-  cfg.num_layers, cfg.dtype = a.layers, a.dtype
+  cfg.num_layers, cfg.dtype, cfg.conv_impl = a.layers, a.dtype, a.conv_impl
+  cfg.d_model, cfg.num_heads, cfg.ffn_dim = a.d_model, a.heads, a.ffn
   cfg.encoder = "mobilenet_v2" if a.encoder == "fake" else a.encoder
   s = a.size
   m = P.from_config(cfg)
@@ -56,33 +63,42 @@ def main():
     params = jax.jit(lambda r: P.init(cfg, r, (s, s)))(jax.random.PRNGKey(0))
   run = propagation.make_propagate_fn(m, encode, memory_slots=cfg.memory_slots, mem_gap=cfg.mem_gap,
                                       return_logits=a.output == "logits")
+  memory = jax.eval_shape(lambda: propagation.empty_memory(
+      m, encode, params.get("encoder"), (1, s, s, 3), jnp.float32, cfg.memory_slots))
+  records = []
   for t in [int(x) for x in a.frames.split(",")]:
     sd = jax.ShapeDtypeStruct
     frames, audio = sd((1, t, s, s, 3), jnp.float32), sd((1, t, 128), jnp.float32)
     masks, fv = sd((1, t, s, s), jnp.int32), sd((1, t), jnp.bool_)
     is_kf, nobj = jnp.arange(t)[None] == 0, jnp.ones((1, t), jnp.int32)
     t0 = time.perf_counter()
-    compiled = run.jitted.lower(params, frames, masks, is_kf, nobj, audio, None, None, fv).compile()
+    compiled = run.jitted.lower(params, frames, masks, is_kf, nobj, audio, None, None, fv,
+                                memory).compile()
     compile_s = time.perf_counter() - t0
     mem = compiled.memory_analysis()
     fps = None
     if t <= a.run_frames:
       n_valid = max(1, math.ceil(a.valid_frac * t))
       args = (params, jnp.zeros((1, t, s, s, 3)), jnp.zeros((1, t, s, s), jnp.int32), is_kf, nobj,
-              jnp.zeros((1, t, 128)), None, None, jnp.arange(t)[None] < n_valid)
+              jnp.zeros((1, t, 128)), None, None, jnp.arange(t)[None] < n_valid,
+              jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), memory))
       jax.block_until_ready(compiled(*args))
       t0 = time.perf_counter()
       jax.block_until_ready(compiled(*args))
       fps = t / (time.perf_counter() - t0)
-    print(json.dumps(dict(frames=t, valid_frames=n_valid if fps is not None else None,
+    rec = dict(frames=t, valid_frames=n_valid if fps is not None else None,
                           height=s, width=s, encoder=a.encoder, output=a.output,
+                          conv_impl=m.conv_impl, dtype=a.dtype,
                           frames_per_s=None if fps is None else round(fps, 2),
                           compile_s=round(compile_s, 2),
                           temp_bytes=getattr(mem, "temp_size_in_bytes", None),
                           output_bytes=getattr(mem, "output_size_in_bytes", None),
                           argument_bytes=getattr(mem, "argument_size_in_bytes", None),
                           peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-                          device=jax.devices()[0].platform)), flush=True)
+                          device=jax.devices()[0].platform)
+    print(json.dumps(rec), flush=True)
+    records.append(rec)
+  return records
 
 
 if __name__ == "__main__":

@@ -13,14 +13,14 @@ from coprop_jax.rcpg import core, inputs
 from data_pipelines.synthetic import make_clip
 
 
-def main():
+def main(argv=None):
   p = argparse.ArgumentParser()
   p.add_argument("--clips", type=int, default=40)
   p.add_argument("--frames", type=int, default=10)
   p.add_argument("--size", type=int, default=64)
   p.add_argument("--thresholds", default="0.2,0.3,0.4,0.5")
   p.add_argument("--layouts", default="s4,ms3,avss")
-  a = p.parse_args()
+  a = p.parse_args(argv)
   for lay in a.layouts.split(","):
     rng = np.random.default_rng(0)
     clips = [make_clip(rng, lay, size=a.size, frames=a.frames, video_id=str(i)) for i in range(a.clips)]
