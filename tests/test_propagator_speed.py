@@ -126,3 +126,19 @@ def test_conv_impl_default_follows_the_backend():
   assert P.resolve_conv_impl("xla") == "xla"
   with pytest.raises(ValueError, match="conv_impl"):
     P.resolve_conv_impl("cudnn")
+
+
+def test_whole_propagator_same_under_both_conv_forms():
+  """Reference pass + one propagation step of the whole network: "shift" = "xla" (same params)."""
+  from propagator_helpers import fake_encode, propagator_shapes, random_like
+  ms = {ci: P.Propagator(num_layers=2, d_model=32, num_heads=4, ffn_dim=64, max_objects=2,
+                         local_max_dis=2, conv_impl=ci) for ci in P.CONV_IMPLS}
+  params = random_like(propagator_shapes(ms["xla"], 32, 32), seed=2)
+  frames = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3))
+  feats = fake_encode(None, frames)
+  oh = jax.nn.one_hot(jax.random.randint(jax.random.PRNGKey(1), (2, 32, 32), 0, 3), 3)
+  audio = jax.random.normal(jax.random.PRNGKey(2), (2, 128))
+  out = {ci: np.asarray(jax.jit(m.apply, compiler_options=FAST_COMPILE)({"params": params}, feats,
+                                                                         audio, oh))
+         for ci, m in ms.items()}
+  np.testing.assert_allclose(out["shift"], out["xla"], rtol=1e-4, atol=1e-4 * np.abs(out["xla"]).max())
