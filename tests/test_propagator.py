@@ -33,14 +33,17 @@ def keyframe_mask(max_objects):
   return mask.at[:, 40:60, 30:60].set(max_objects) if max_objects > 1 else mask
 
 
-def test_local_attention_equals_bruteforce():
+@pytest.mark.parametrize("h,w,md,dense", [(5, 6, 2, None), (5, 6, 2, False), (9, 8, 1, None),
+                                          (9, 8, 1, True)])
+def test_local_attention_equals_bruteforce(h, w, md, dense):
+  """Both forms (patch gather; dense masked attention, the default for small maps)."""
   rng = np.random.default_rng(0)
-  b, h, w, nh, d, md = 2, 5, 6, 2, 3, 2
+  b, nh, d = 2, 2, 3
   win = 2 * md + 1
   q, k, v = (rng.standard_normal((b, h, w, nh, d)).astype(np.float32) for _ in range(3))
   rel_k = rng.standard_normal((b, h, w, nh, win * win)).astype(np.float32)
   rel_v = rng.standard_normal((nh, d, win * win)).astype(np.float32)
-  got = np.asarray(L.local_attention(*map(jnp.asarray, (q, k, v, rel_k, rel_v)), md))
+  got = np.asarray(L.local_attention(*map(jnp.asarray, (q, k, v, rel_k, rel_v)), md, dense))
   want = np.zeros_like(got)
   for bi in range(b):
     for y in range(h):

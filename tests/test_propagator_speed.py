@@ -142,3 +142,15 @@ def test_whole_propagator_same_under_both_conv_forms():
                                                                          audio, oh))
          for ci, m in ms.items()}
   np.testing.assert_allclose(out["shift"], out["xla"], rtol=1e-4, atol=1e-4 * np.abs(out["xla"]).max())
+
+
+def test_local_attention_forms_same_gradients():
+  from coprop_jax.models import layers as L
+  rng = np.random.default_rng(0)
+  b, h, w, nh, d, md = 2, 6, 5, 2, 4, 3
+  w2 = (2 * md + 1) ** 2
+  args = [jnp.asarray(rng.standard_normal(s).astype(np.float32)) for s in
+          [(b, h, w, nh, d)] * 3 + [(b, h, w, nh, w2), (nh, d, w2)]]
+  f = lambda dense: jax.grad(lambda *a: jnp.sum(jnp.sin(L.local_attention(*a, md, dense))),
+                             argnums=(0, 1, 2, 3, 4))(*args)
+  assert _max_rel(f(True), f(False)) < 1e-5

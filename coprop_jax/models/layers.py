@@ -497,13 +497,16 @@ def resize_align_corners(x: Array, out_hw) -> Array:
   return jnp.einsum("oh,bhwc,pw->bopc", mh, x, mw)
 
 
-def local_attention(q: Array, k: Array, v: Array, rel_k: Array, rel_v: Array, max_dis: int) -> Array:
+def local_attention(q: Array, k: Array, v: Array, rel_k: Array, rel_v: Array, max_dis: int,
+                    dense: Optional[bool] = None) -> Array:
   """Windowed attention of each query over a (2*max_dis+1)^2 window of k/v (AOT short-term).
 
   q, k, v: [B, h, w, H, D] (q already scaled); rel_k: [B, h, w, H, W2] relative-position logits;
   rel_v: [H, D, W2] relative value bias. Window positions outside the image are masked.
   Implemented as one gather of the W2 shifted copies of the zero-padded k/v (no identity-kernel
-  convolution, no (hw x hw) matrix).
+  convolution, no (hw x hw) matrix); for maps with h*w <= 2 * W2 (`dense` None) or with
+  dense=True, as masked attention over all h*w keys (`_local_attention_dense`, far less data
+  moved at AOT's 14x14). Both forms give the same result.
   Returns [B, h, w, H, D].
   """
   h, w = q.shape[1:3]
@@ -512,6 +515,8 @@ def local_attention(q: Array, k: Array, v: Array, rel_k: Array, rel_v: Array, ma
   oy = np.arange(h)[:, None, None] + dy[None, None, :]  # [h, 1, W2] rows in the padded map
   ox = np.arange(w)[None, :, None] + dx[None, None, :]  # [1, w, W2]
   valid = ((oy >= max_dis) & (oy < h + max_dis)) & ((ox >= max_dis) & (ox < w + max_dis))  # [h,w,W2]
+  if (h * w <= 2 * win * win) if dense is None else dense:
+    return _local_attention_dense(q, k, v, rel_k, rel_v, max_dis, oy - max_dis, ox - max_dis, valid)
 
   def patches(x):  # [B,h,w,H,D] -> [B,h,w,W2,H,D]: one gather of W2 shifted copies, no matmul
     xp = jnp.pad(x, ((0, 0), (max_dis, max_dis), (max_dis, max_dis), (0, 0), (0, 0)))
@@ -523,6 +528,33 @@ def local_attention(q: Array, k: Array, v: Array, rel_k: Array, rel_v: Array, ma
   attn = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
   out = jnp.einsum("bhwnk,bhwknd->bhwnd", attn, vp)
   return out + jnp.einsum("bhwnk,ndk->bhwnd", attn, rel_v.astype(v.dtype))
+
+
+def _local_attention_dense(q, k, v, rel_k, rel_v, max_dis, ky, kx, valid):
+  """`local_attention` for small maps (h*w <= 2 * W2, e.g. AOT's 1/16 map of a 224 image, 14x14
+  with a 15x15 window): every query against all h*w keys (two matmuls), keys outside its window
+  masked, the relative-position logits and value bias moved between the window layout and the
+  key layout by static gathers. Same result as the patch form (which materialises W2 shifted
+  copies of k and v: ~20x the data at 14x14). ky, kx: key row/column of each (query, window
+  position) [h, 1 | w, W2] (may be outside the map where `valid` [h, w, W2] is False)."""
+  b, h, w, nh, d = q.shape
+  n, w2 = h * w, rel_k.shape[-1]
+  win = 2 * max_dis + 1
+  qy, qx = np.divmod(np.arange(n), w)
+  ddy, ddx = qy[None, :] - qy[:, None], qx[None, :] - qx[:, None]        # key - query [Nq, Nk]
+  in_win = (np.abs(ddy) <= max_dis) & (np.abs(ddx) <= max_dis)
+  off = np.where(in_win, (ddy + max_dis) * win + (ddx + max_dis), 0)     # window index [Nq, Nk]
+  key = (np.clip(ky, 0, h - 1) * w + np.clip(kx, 0, w - 1)).reshape(n, w2)  # key index [Nq, W2]
+  rows = np.arange(n)[:, None]
+  qf, kf, vf = (x.reshape(b, n, nh, d) for x in (q, k, v))
+  rel = jnp.moveaxis(rel_k.reshape(b, n, nh, w2), 1, 2).astype(jnp.float32)  # [B, H, Nq, W2]
+  logits = jnp.einsum("bqhd,bkhd->bhqk", qf, kf).astype(jnp.float32) + rel[:, :, rows, off]
+  logits = jnp.where(jnp.asarray(in_win)[None, None], logits, NEG_INF)
+  attn = jax.nn.softmax(logits, axis=-1).astype(v.dtype)                 # [B, H, Nq, Nk]
+  out = jnp.einsum("bhqk,bkhd->bqhd", attn, vf)
+  attn_win = jnp.where(jnp.asarray(valid.reshape(n, w2))[None, None], attn[:, :, rows, key], 0)
+  out = out + jnp.einsum("bhqj,hdj->bqhd", attn_win, rel_v.astype(v.dtype))
+  return out.reshape(b, h, w, nh, d)
 
 
 def memory_attention(q: Array, k: Array, v: Array, valid: Array) -> Array:
