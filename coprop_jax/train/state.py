@@ -203,7 +203,8 @@ def train_step(state: TrainState, batch: dict, *, loss_fn: LossFn,
                                               state.extra, batch, sub, state.step)
   updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  grad_norm = optax.global_norm(grads)
+  grad_norm = optax.global_norm([g for g, m in zip(jax.tree.leaves(grads),
+                                                   jax.tree.leaves(trained_mask(trainable, grads))) if m])
   ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & (state.nonfinite_step == 0)
   new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, rng=rng)
   new = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, state)
