@@ -30,14 +30,19 @@ def main(argv=None):
   p.add_argument("--batch", type=int, default=4)
   p.add_argument("--num_classes", type=int, default=1)
   p.add_argument("--d_model", type=int, default=256)
+  p.add_argument("--depths", default="", help="backbone blocks per stage, e.g. 1,1,1,1 (default: the variant's)")
+  p.add_argument("--layers", type=int, default=2, help="KPF encoder / decoder layers")
+  p.add_argument("--fast_compile", action="store_true", help="XLA -O0 (state.FAST_COMPILE; smoke runs)")
   p.add_argument("--dtype", default="float32")
   p.add_argument("--steps", type=int, default=5)
   p.add_argument("--compile-only", action="store_true",
                  help="lower+compile from abstract shapes only (no params allocated, no run)")
   a = p.parse_args(argv)
 
+  depths = tuple(int(x) for x in a.depths.split(",")) if a.depths else None
   model = KeyframeProcessor(backbone=a.backbone, d_model=a.d_model, num_classes=a.num_classes,
-                            dtype=jnp.dtype(a.dtype))
+                            dtype=jnp.dtype(a.dtype), backbone_depths=depths,
+                            num_encoder_layers=a.layers, num_decoder_layers=a.layers)
   tc = ml_collections.ConfigDict(dict(optimizer="adam", lr=1e-4, weight_decay=0.0, grad_clip=0.0,
                                       loss=dict(bce_weight=1.0, iou_weight=1.0)))
   b, s = a.batch, a.size
@@ -60,7 +65,9 @@ def main(argv=None):
 
   abstract_state = jax.eval_shape(init)
   nparams = int(sum(np.prod(x.shape) for x in jax.tree.leaves(abstract_state.params)))
-  step = make_train_step(keyframe_task.make_loss_fn(model, tc, keyframes_only=False))
+  from coprop_jax.train.state import FAST_COMPILE
+  step = make_train_step(keyframe_task.make_loss_fn(model, tc, keyframes_only=False),
+                         compiler_options=FAST_COMPILE if a.fast_compile else None)
   abstract_batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), batch)
   t0 = time.perf_counter()
   compiled = step.lower(abstract_state, abstract_batch).compile()

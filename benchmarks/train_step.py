@@ -114,6 +114,9 @@ def main(argv=None):
                  help="propagator: the step as trained, the one it replaced, or both")
   p.add_argument("--conv_impl", default="auto", choices=["auto", "xla", "shift"],
                  help="propagator.conv_impl of the new formulation")
+  p.add_argument("--encoder", default=None, choices=["mobilenet_v2", "resnet50", "standin"],
+                 help="propagator: override the preset's encoder; standin = strided average "
+                      "pooling to MobileNetV2's map shapes, no parameters (smoke runs)")
   p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
   p.add_argument("--scan_layers", type=int, default=1, choices=[0, 1],
                  help="1: repeated layers as a scan over stacked params; 0: unrolled")
@@ -226,6 +229,9 @@ def propagator_setup(a, opts, formulation: str = "new"):
 
   encoder, size, clips, frames, layers, d_model, heads, ffn = PROPAGATOR_PRESETS[a.preset]
   size, clips, frames = a.size or size, a.batch or clips, a.frames or frames
+  encoder = a.encoder or encoder
+  standin = encoder == "standin"
+  encoder = "mobilenet_v2" if standin else encoder
   layers = a.layers or layers
   cfg = get_base_config()
   p = cfg.propagator
@@ -244,14 +250,28 @@ def propagator_setup(a, opts, formulation: str = "new"):
   task = PropagatorTask(cfg)
   task.set_total_steps(cfg.train.num_steps)
 
+  encode = standin_encode if standin else None
+
   def init_params():
+    if standin:
+      model = prop_lib.from_config(p)
+      img = jax.numpy.zeros((1, size, size, 3))
+      prop = prop_lib.init_params(model, jax.random.PRNGKey(0), standin_encode(None, img),
+                                  jax.numpy.zeros((1, 128)),
+                                  jax.nn.one_hot(jax.numpy.zeros((1, size, size), "int32"),
+                                                 model.max_objects + 1))
+      return {"propagator": prop, "encoder": {}}, {"encoder": {}}
     v = prop_lib.init(p, jax.random.PRNGKey(0), (size, size))
     enc = dict(v["encoder"])
     return {"propagator": v["propagator"], "encoder": enc.pop("params")}, {"encoder": enc}
 
   params_shape = jax.eval_shape(init_params)[0]
-  tx = task.make_optimizer(params_shape)
-  trainable = task.trainable(params_shape) if formulation == "new" else None
+  if standin:
+    tx = __import__("optax").adam(1e-4)
+    trainable = None
+  else:
+    tx = task.make_optimizer(params_shape)
+    trainable = task.trainable(params_shape) if formulation == "new" else None
 
   def build(scan: bool, remat: bool):
     del scan          # the LSTT layers are a Python loop (no scan variant)
@@ -262,14 +282,26 @@ def propagator_setup(a, opts, formulation: str = "new"):
       return TrainState.create(params, tx, extra=extra)
 
     loss = propagator_losses.make_loss_fn(
-        cfg, formulation="per_frame" if formulation == "old" else "batched")
+        cfg, encode=encode, formulation="per_frame" if formulation == "old" else "batched")
     step = make_train_step(loss, compiler_options=opts, trainable=trainable)
     return init, step
 
   rec = dict(what="propagator_train_step", formulation=formulation,
-             conv_impl=prop_lib.resolve_conv_impl(p.conv_impl), encoder=encoder, size=size,
+             conv_impl=prop_lib.resolve_conv_impl(p.conv_impl),
+             encoder="standin" if standin else encoder, size=size,
              clips=clips, frames_per_clip=frames, layers=layers, d_model=d_model, remat=a.remat)
   return build, host_batch, clips * frames, rec
+
+
+def standin_encode(_, x):
+  """Stand-in visual encoder (no parameters): strided average pooling of the image to
+  MobileNetV2's four maps (24@1/4, 32@1/8, 96@1/16, 1280@1/16), channels tiled."""
+  import jax
+  import jax.numpy as jnp
+  x = x.astype(jnp.float32)
+  pool = lambda s: jax.lax.reduce_window(x, 0.0, jax.lax.add, (1, s, s, 1), (1, s, s, 1), "VALID") / (s * s)
+  rep = lambda y, c: jnp.tile(y, (1, 1, 1, -(-c // 3)))[..., :c]
+  return [rep(pool(4), 24), rep(pool(8), 32), rep(pool(16), 96), rep(pool(16), 1280)]
 
 
 class _unrolled_scans:

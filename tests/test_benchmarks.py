@@ -26,7 +26,7 @@ def run_main(name, argv, capsys):
 
 def test_train_step_propagator_old_and_new_and_profile_summary(tmp_path, capsys):
   argv = ["--stage", "propagator", "--preset", "tiny", "--size", "32", "--frames", "2",
-          "--steps", "1", "--fast_compile", "--matmul_n", "128"]
+          "--steps", "1", "--fast_compile", "--matmul_n", "128", "--encoder", "standin"]
   recs = run_main("train_step", argv + ["--formulation", "both", "--profile", str(tmp_path)], capsys)
   old, new = [r for r in recs if r["what"] == "propagator_train_step"]
   assert (old["formulation"], new["formulation"]) == ("old", "new")
@@ -35,6 +35,7 @@ def test_train_step_propagator_old_and_new_and_profile_summary(tmp_path, capsys)
   assert len(groups) >= 2
 
 
+@pytest.mark.slow   # PVT-v2 KPF step compile, ~40 s
 def test_train_step_kpf(capsys):
   recs = run_main("train_step", ["--preset", "tiny", "--size", "32", "--batch", "1", "--steps", "1",
                                  "--fast_compile", "--matmul_n", "128"], capsys)
@@ -54,8 +55,10 @@ def test_inference(capsys):
   assert recs
 
 
+@pytest.mark.slow   # PVT-v2 KPF step compile, ~30 s
 def test_keyframe(capsys):
-  run_main("keyframe", ["--size", "32", "--batch", "1", "--d_model", "32", "--steps", "1"], capsys)
+  run_main("keyframe", ["--size", "32", "--batch", "1", "--d_model", "32", "--steps", "1",
+                        "--depths", "1,1,1,1", "--layers", "1", "--fast_compile"], capsys)
 
 
 def test_encoders_and_pvt_v2(capsys):
