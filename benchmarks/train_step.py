@@ -6,6 +6,7 @@
   PYTHONPATH=$PWD python benchmarks/train_step.py --preset b0 --platform gpu --dtype bfloat16
   PYTHONPATH=$PWD python benchmarks/train_step.py --stage propagator --preset tiny
   PYTHONPATH=$PWD python benchmarks/train_step.py --stage propagator --preset paper --steps 2
+  PYTHONPATH=$PWD python benchmarks/train_step.py --stage propagator --preset tiny --formulation both
 
 What is timed: one train step (`coprop_jax.train.state.make_train_step`: forward + backward +
 Adam, state donated), lowered and compiled ahead of time from abstract shapes, then run `--steps`
@@ -15,7 +16,12 @@ times on device-resident inputs after one warm-up step.
     `batch` clips of `--frames` frames from a keyframe at frame 0, BPTT through the clip, AOT's
     top-k CE + soft Jaccard; teacher forcing, the first phase of AOT's recipe). "paper" is
     AOT-L sized (MobileNetV2 encoder, 3 LSTT layers, width 256, 224x224, AOT's 5-frame
-    sequences); frames_per_s counts every frame of the clips.
+    sequences); frames_per_s counts every frame of the clips. The optimizer is the stage's own
+    (`PropagatorTask.make_optimizer`: AOT's frozen encoder stages, encoder rate ratio).
+    --formulation new (default): the step as trained (encoder batched over all frames before
+    the frame scan, `propagator.conv_impl` "auto", frozen parameters not differentiated);
+    old: the step it replaced (encoder inside the scan with `lax.cond`, XLA convolutions, every
+    parameter differentiated); both: old then new in the same process (one record each).
 
 Prints JSON lines:
   {"what": "peak", ...}       the peak used for utilisation: on CPU the dense-matmul FLOP/s
@@ -104,6 +110,10 @@ def main(argv=None):
   p.add_argument("--batch", type=int, default=None,
                  help="frames (kpf) or clips (propagator) per step (override)")
   p.add_argument("--num_classes", type=int, default=1)
+  p.add_argument("--formulation", default="new", choices=["new", "old", "both"],
+                 help="propagator: the step as trained, the one it replaced, or both")
+  p.add_argument("--conv_impl", default="auto", choices=["auto", "xla", "shift"],
+                 help="propagator.conv_impl of the new formulation")
   p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
   p.add_argument("--scan_layers", type=int, default=1, choices=[0, 1],
                  help="1: repeated layers as a scan over stacked params; 0: unrolled")
@@ -135,15 +145,19 @@ def main(argv=None):
   peak = peak_flops(jax, jnp, dev, a)
   print(json.dumps(peak), flush=True)
   opts = dict(FAST_COMPILE if a.fast_compile else {}, **json.loads(a.xla_options)) or None
+  records = []
   if a.stage == "propagator":
     if a.preset not in PROPAGATOR_PRESETS:
       sys.exit(f"train_step.py: --stage propagator has presets {sorted(PROPAGATOR_PRESETS)}")
-    build, host_batch, frames_per_step, rec = propagator_setup(a, opts)
+    forms = ["old", "new"] if a.formulation == "both" else [a.formulation]
+    setups = [propagator_setup(a, opts, f) for f in forms]
   else:
-    build, host_batch, frames_per_step, rec = kpf_setup(a, opts)
-  rec.update(dtype=a.dtype, compiler_options=opts or {}, platform=dev.platform,
-             device=dev.device_kind)
-  run(a, build, host_batch, frames_per_step, rec, peak, dev)
+    setups = [kpf_setup(a, opts)]
+  for build, host_batch, frames_per_step, rec in setups:
+    rec.update(dtype=a.dtype, compiler_options=opts or {}, platform=dev.platform,
+               device=dev.device_kind)
+    records.append(run(a, build, host_batch, frames_per_step, rec, peak, dev))
+  return records
 
 
 def kpf_setup(a, opts):
@@ -198,16 +212,17 @@ def kpf_setup(a, opts):
   return (lambda scan, remat: build_model(make_model(scan, remat))), host_batch, batch, rec
 
 
-def propagator_setup(a, opts):
+def propagator_setup(a, opts, formulation: str = "new"):
   """(build(scan, remat) -> (init, step), host batch, frames per step, record) of the stage-2
-  step (see the module docstring)."""
+  step (see the module docstring) in `formulation` "new" or "old"."""
   import jax
   import numpy as np
 
   from configs.base import get_base_config
-  from coprop_jax import pipeline
+  from coprop_jax.models import propagator as prop_lib
   from coprop_jax.train import propagator_losses
-  from coprop_jax.train.state import TrainState, make_optimizer, make_train_step
+  from coprop_jax.train.state import TrainState, make_train_step
+  from coprop_jax.train.tasks.propagator import PropagatorTask
 
   encoder, size, clips, frames, layers, d_model, heads, ffn = PROPAGATOR_PRESETS[a.preset]
   size, clips, frames = a.size or size, a.batch or clips, a.frames or frames
@@ -216,6 +231,7 @@ def propagator_setup(a, opts):
   p = cfg.propagator
   p.encoder, p.num_layers, p.d_model, p.num_heads, p.ffn_dim = encoder, layers, d_model, heads, ffn
   p.dtype = a.dtype
+  p.conv_impl = "xla" if formulation == "old" else a.conv_impl
   cfg.keyframe.num_classes = 1
   cfg.train.num_steps = 1000
   rng = np.random.default_rng(0)
@@ -225,22 +241,34 @@ def propagator_setup(a, opts):
       gt_valid=np.ones((clips, frames), bool), frame_valid=np.ones((clips, frames), bool),
       audio_embed=rng.normal(size=(clips, frames, 128)).astype(np.float32),
       control_points=np.eye(1, frames, dtype=np.int32).repeat(clips, 0))
-  tx = make_optimizer(cfg.train)
+  task = PropagatorTask(cfg)
+  task.set_total_steps(cfg.train.num_steps)
+
+  def init_params():
+    v = prop_lib.init(p, jax.random.PRNGKey(0), (size, size))
+    enc = dict(v["encoder"])
+    return {"propagator": v["propagator"], "encoder": enc.pop("params")}, {"encoder": enc}
+
+  params_shape = jax.eval_shape(init_params)[0]
+  tx = task.make_optimizer(params_shape)
+  trainable = task.trainable(params_shape) if formulation == "new" else None
 
   def build(scan: bool, remat: bool):
     del scan          # the LSTT layers are a Python loop (no scan variant)
     p.remat = bool(remat)
 
     def init():
-      params = pipeline.init_params(cfg, jax.random.PRNGKey(0), size, audio_logmel=False)
-      trainable, extra = pipeline.split_train_params(params)
-      return TrainState.create(trainable, tx, extra=extra)
+      params, extra = init_params()
+      return TrainState.create(params, tx, extra=extra)
 
-    step = make_train_step(propagator_losses.make_loss_fn(cfg), compiler_options=opts)
+    loss = propagator_losses.make_loss_fn(
+        cfg, formulation="per_frame" if formulation == "old" else "batched")
+    step = make_train_step(loss, compiler_options=opts, trainable=trainable)
     return init, step
 
-  rec = dict(what="propagator_train_step", encoder=encoder, size=size, clips=clips,
-             frames_per_clip=frames, layers=layers, d_model=d_model, remat=a.remat)
+  rec = dict(what="propagator_train_step", formulation=formulation,
+             conv_impl=prop_lib.resolve_conv_impl(p.conv_impl), encoder=encoder, size=size,
+             clips=clips, frames_per_clip=frames, layers=layers, d_model=d_model, remat=a.remat)
   return build, host_batch, clips * frames, rec
 
 
@@ -295,7 +323,7 @@ def run(a, build, host_batch, batch, rec, peak, dev):
       rec[k.replace("_size_in_bytes", "_MiB")] = round(getattr(mem, k, 0) / 2 ** 20, 1)
   if a.compile_only:
     print(json.dumps(rec), flush=True)
-    return
+    return rec
 
   state = jax.jit(init)()
   dbatch = jax.device_put(host_batch)
@@ -332,7 +360,12 @@ def run(a, build, host_batch, batch, rec, peak, dev):
                                          / max(peak["peak_tflops"], max(rates) / 1e12), 4))
   else:
     rec["utilisation"] = round(achieved / (peak["peak_tflops"] * 1e12), 4)
+  if dev.platform != "cpu":
+    stats = dev.memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+      rec["peak_memory_MiB"] = round(stats["peak_bytes_in_use"] / 2 ** 20, 1)
   print(json.dumps(rec), flush=True)
+  return rec
 
 
 def matmul_burst(jax, jnp, n: int, seconds: float = 1.0):

@@ -28,10 +28,8 @@ Audio: the batch's `audio_embed` [B, T, 128] if present (no VGGish runs), else `
 [B, T, 96, 64] through the frozen VGGish whose weights are the KPF's own
 (`params["keyframe"]["params"]["vggish"]`, one copy for both networks; VGGish is never trained).
 
-Stage-2 training forward (`make_train_forward`): oracle keyframes (GT masks at the batch's
-control points, which should be GT-derived), teacher-forced short-term memory before AOT's switch
-and the model's own prediction after (a traced flag: one compile), ID bank frozen after the
-switch, BPTT through the scan with optional remat. Losses: `coprop_jax.train.propagator_losses`.
+Inference only: stage-2 training (oracle keyframes, teacher forcing, BPTT) is
+`coprop_jax.train.tasks.propagator.make_train_forward`.
 """
 from __future__ import annotations
 
@@ -424,20 +422,7 @@ def make_segmenter(config, **kw) -> Segmenter:
   return Segmenter(config, **kw)
 
 
-# ----------------------------------------------------------------------------- training forward
-def split_train_params(params: dict) -> tuple[dict, dict]:
-  """Pipeline params -> (trainable {"propagator", "encoder": encoder "params"}, extra {"encoder":
-  the encoder's other collections (frozen BatchNorm statistics), "vggish": VGGish params when the
-  KPF holds them}) for `make_train_forward` / `propagator_losses.make_loss_fn`."""
-  enc = dict(params.get("encoder") or {})
-  trainable = {"propagator": params["propagator"], "encoder": enc.pop("params", {})}
-  extra = {"encoder": enc}
-  vgg = (params.get("keyframe") or {}).get("params", {}).get("vggish")
-  if vgg is not None:
-    extra["vggish"] = vgg
-  return trainable, extra
-
-
+# ----------------------------------------------------------------------------- targets
 def segment_targets(masks: Array, is_ref: Array, num_classes: int, max_objects: int):
   """Semantic GT class masks [B, T, H, W] -> (object-id targets [B, T, H, W] through each frame's
   segment mapping (the latest reference's classes, largest first; other classes -> IGNORE),
@@ -452,54 +437,3 @@ def segment_targets(masks: Array, is_ref: Array, num_classes: int, max_objects: 
   known = (tgt > 0) | (masks == 0)
   tgt = jnp.where(known & (start >= 0)[..., None, None], tgt, IGNORE)
   return tgt.astype(jnp.int32), nobj
-
-
-def make_train_forward(config, *, encode: Optional[Callable] = None):
-  """Stage-2 forward: fwd(params, extra, batch, rng, seq_training) -> dict(logits [B,T,H,W,ids],
-  targets [B,T,H,W] int32 object ids (IGNORE where unknown), weights [B,T] float32 (frames with
-  GT that are propagated: not references, after the clip's first reference), num_objects [B,T]).
-
-  params/extra as `split_train_params`. batch: frames, masks, gt_valid, frame_valid,
-  control_points, audio_embed or audio_logmel (VGGish from extra["vggish"]). References: frames
-  with a control point AND a GT mask (oracle keyframes; a control point without GT is no reset).
-  seq_training (traced bool): False = AOT's first phase (short-term memory from the GT of the
-  previous frame where it has GT), True = sequential training (the model's own prediction; ID
-  bank frozen). config.propagator.train: mem_gap, id_shuffle (AOT's random id permutation).
-  """
-  pc, tc = config.propagator, config.propagator.train
-  model = prop_lib.from_config(pc)
-  if encode is None:
-    _, encode = prop_lib.build_encoder(pc)
-  semantic = int(config.keyframe.num_classes) > 1
-  num_classes, mo = int(config.keyframe.num_classes), model.max_objects
-
-  def forward(params, extra, batch, rng, seq_training):
-    frames, masks = batch["frames"], batch["masks"]
-    b, t = frames.shape[:2]
-    gt = batch["gt_valid"].astype(bool) & batch["frame_valid"].astype(bool)
-    is_ref = (batch["control_points"] == 1) & gt
-    if semantic:
-      targets, nobj = segment_targets(masks, is_ref, num_classes, mo)
-    else:
-      targets, nobj = (masks > 0).astype(jnp.int32), jnp.ones((b, t), jnp.int32)
-    targets = jnp.where(gt[..., None, None], targets, IGNORE)
-    after_ref = jnp.cumsum(is_ref.astype(jnp.int32), axis=1) > 0
-    weights = (gt & ~is_ref & after_ref).astype(jnp.float32)
-    r_drop, r_perm = jax.random.split(rng)
-    perm = None
-    if tc.id_shuffle:  # AOT: random id permutation per clip, background kept at 0
-      perms = jax.vmap(lambda k: jax.random.permutation(k, mo) + 1)(jax.random.split(r_perm, b))
-      perm = jnp.concatenate([jnp.zeros((b, 1), perms.dtype), perms], 1)
-    audio = ({"audio_embed": batch["audio_embed"]} if "audio_embed" in batch else
-             {"audio_logmel": batch["audio_logmel"], "vggish_params": extra.get("vggish")})
-    seq = jnp.asarray(seq_training, bool)
-    out = propagation.propagate(
-        model, {"propagator": params["propagator"],
-                "encoder": {"params": params["encoder"], **extra.get("encoder", {})}},
-        frames, jnp.where(targets == IGNORE, 0, targets), is_ref, nobj, encode=encode,
-        frame_valid=batch["frame_valid"].astype(bool), memory_slots=pc.memory_slots,
-        mem_gap=tc.mem_gap, train=True, rng=r_drop, remat=pc.remat, teacher_masks=targets,
-        teacher_valid=gt, teacher_forcing=~seq, freeze_id=seq, id_perm=perm, return_logits=True, **audio)
-    return dict(logits=out["logits"], targets=targets, weights=weights, num_objects=nobj)
-
-  return forward

@@ -233,6 +233,59 @@ def propagate(model: Propagator, params, frames: Array, keyframe_masks: Array, i
   return (outs, mem) if return_memory else outs
 
 
+def propagate_train(model: Propagator, prop_params, feats: list, audio: Array, keyframe_masks: Array,
+                    is_keyframe: Array, num_objects: Array, *, frame_valid: Array, rng,
+                    teacher_masks: Array, teacher_valid: Array, teacher_forcing, freeze_id=None,
+                    id_perm: Optional[Array] = None, memory_slots: int = 4, mem_gap: int = 5,
+                    remat: bool = False, deterministic: bool = False) -> Array:
+  """The training scan (BPTT): the logits `propagate(..., train=True, return_logits=True,
+  teacher_masks=...)` gives, from encoder maps computed beforehand.
+
+  prop_params: Propagator params. feats: the 4 encoder maps of every frame, TIME-MAJOR
+  [T, B, h, w, C] (the encoder runs once on all T*B frames outside the scan, as AOT's trainer
+  does: frames are known in advance); audio: [T, B, Ca] per-frame embeddings (time-major).
+  keyframe_masks / teacher_masks [B, T, H, W], is_keyframe / frame_valid / teacher_valid /
+  num_objects [B, T]; rng: drop-path key (folded with t, as `propagate`); the other arguments as
+  `propagate`. Only what depends on the previous frame runs inside the scan: one
+  `Propagator.frame` apply and the memory update. No `lax.cond`: a frame invalid for the whole
+  batch runs the network and is masked by selects (outputs 0, memory unchanged, zero gradient),
+  which is what `propagate` computes by skipping it.
+  remat: `jax.checkpoint` on the scan body with policy `nothing_saveable`: the backward pass
+  keeps only the carry (Memory) per frame and recomputes each frame's activations.
+  Returns logits [B, T, H, W, ids] float32 (keyframes: +-10 one-hot of their mask; invalid
+  frames: 0).
+  """
+  t_len, b = feats[0].shape[:2]
+  hh, ww = keyframe_masks.shape[2:4]
+  n_ids = model.max_objects + 1
+  h16, w16 = feats[3].shape[2:4]
+  mem0 = Memory.empty(model.num_layers, b, memory_slots, h16 * w16, model.d_model, model.dtype)
+  apply = functools.partial(model.apply, {"params": prop_params})
+
+  def body(mem: Memory, xs):
+    t, f, a = xs
+    fv = _at(frame_valid, t)
+    ref = _at(is_keyframe, t) & fv
+    kf = _at(keyframe_masks, t).astype(jnp.int32)
+    kf_onehot = jax.nn.one_hot(kf, n_ids, dtype=jnp.float32)
+    nobj = jnp.where(ref, _at(num_objects, t), mem.num_objects)
+    tm = _at(teacher_masks, t)
+    logits, ref_kv, pred_kv = apply(
+        list(f), a, mem.layers(), kf_onehot, ref, nobj, method=Propagator.frame,
+        rngs={} if deterministic else {"dropout": jax.random.fold_in(rng, t)},
+        short_onehot=jax.nn.one_hot(jnp.where(tm == 255, 0, tm), n_ids, dtype=jnp.float32),
+        use_short_onehot=jnp.asarray(teacher_forcing) & fv & _at(teacher_valid, t),
+        freeze_id=freeze_id, id_perm=id_perm, deterministic=deterministic)
+    mem = mem.update(ref_kv, pred_kv, ref, fv, _at(num_objects, t), mem_gap)
+    out = jnp.where(ref[:, None, None, None], jnp.where(kf_onehot > 0, 10.0, -10.0), logits)
+    return mem, jnp.where(fv[:, None, None, None], out, 0.0).astype(jnp.float32)
+
+  if remat:
+    body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable, prevent_cse=False)
+  _, logits = jax.lax.scan(body, mem0, (jnp.arange(t_len, dtype=jnp.int32), tuple(feats), audio))
+  return jnp.swapaxes(logits, 0, 1)
+
+
 # ----------------------------------------------------------------------------- host-level entry
 def bucket_length(t: int, length_bucket: int) -> int:
   """Clip length padded up to a multiple of `length_bucket` (0 or 1: unchanged)."""

@@ -40,10 +40,16 @@ def get_propagator_config() -> ml_collections.ConfigDict:
   # Drop-path rate, the same in every layer, on the self-attention and FFN branches only (AOT's
   # defaults TRAIN_LSTT_DROPPATH=0.1, DROPPATH_SCALING=False, DROPPATH_LST=False).
   c.drop_path = 0.1
-  # Rematerialise each scan step in training (saves memory in BPTT; pipeline.make_train_forward).
+  # Rematerialise each frame of the training scan in BPTT (saves memory: only the carry is kept
+  # per frame, policy nothing_saveable; train/tasks/propagator.make_train_forward).
   c.remat = False
   # Compute dtype: "float32" or "bfloat16" (parameters stay float32).
   c.dtype = "float32"
+  # Form of the propagator's convolutions and ID bank (same parameters and results either way):
+  # "auto" = "shift" on CPU (matmul / shifted multiply-add forms, whose gradients XLA:CPU runs
+  # far faster than its convolutions) and "xla" on GPU/TPU (XLA's convolutions); or either by
+  # name. Read by models/propagator.from_config.
+  c.conv_impl = "auto"
   # Inference clip lengths are padded up to a multiple of this (frame_valid False on the padding,
   # output cut back) so one compiled scan serves many lengths; 0 = compile per length.
   # Used by pipeline.Segmenter (inference only).
@@ -53,7 +59,7 @@ def get_propagator_config() -> ml_collections.ConfigDict:
   # the audio parameters keep their no-op init. "" = random init.
   c.aot_weights = ""
   # Stage-2 training (AOT's recipe, aot-benchmark configs/default.py; read by
-  # pipeline.make_train_forward and coprop_jax.train.propagator_losses).
+  # train/tasks/propagator.make_train_forward and coprop_jax.train.propagator_losses).
   c.train = ml_collections.ConfigDict()
   # Loss per propagated frame with GT: ce_weight * top-k CE + jaccard_weight * soft Jaccard.
   c.train.ce_weight = 0.5

@@ -37,7 +37,7 @@ or ResNet-50 ([256, 512, 1024, 1024], layer4 dropped) at output stride 16, as
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -45,8 +45,8 @@ import jax.numpy as jnp
 
 from coprop_jax.images import normalize_uint8
 from coprop_jax.models.layers import (NEG_INF, DropPath, GroupNorm, LayerNorm, aot_position_embedding,
-                                      gelu_exact, local_attention, memory_attention,
-                                      resize_align_corners)
+                                      conv_same, depthwise_shift, gelu_exact, local_attention,
+                                      memory_attention, resize_align_corners)
 
 Array = jax.Array
 
@@ -59,6 +59,98 @@ INSERT_VARIANTS = {
     "4layer": dict(audio_insert_levels=(0, 1, 2, 3), identity_from_audio=True),
 }
 AUDIO_TOKEN_MODES = ("learned", "paper")
+# How the propagator's convolutions run (same parameters, same results to float rounding):
+# "xla": lax.conv_general_dilated (fast on GPU/TPU); "shift": the CPU forms -- k x k convs by
+# `layers.conv_same` (matmul kernel gradient), 1x1 and grouped 1x1 as matmuls, the 5x5 depthwise
+# as `layers.depthwise_shift`, the strided ID bank as a patch view + one matmul.
+CONV_IMPLS = ("xla", "shift")
+
+
+def default_conv_impl() -> str:
+  """"shift" on CPU (XLA:CPU's convolution gradients are slow), "xla" on GPU/TPU."""
+  return "shift" if jax.default_backend() == "cpu" else "xla"
+
+
+def resolve_conv_impl(name: str) -> str:
+  """"auto" -> `default_conv_impl()`; "xla" / "shift" unchanged; anything else: ValueError."""
+  if name == "auto":
+    return default_conv_impl()
+  if name not in CONV_IMPLS:
+    raise ValueError(f"propagator.conv_impl: expected 'auto' or one of {CONV_IMPLS}, got {name!r}")
+  return name
+
+
+def strided_patch_conv(x: Array, kernel: Array, stride: int, pad: int) -> Array:
+  """Convolution with stride `stride`, symmetric zero padding `pad` and a k x k kernel with
+  stride <= k <= 2 * stride, as ONE matmul over a patch view: x [B, H, W, Cin], kernel
+  [k, k, Cin, F] -> [B, Ho, Wo, F] in x's dtype (= lax.conv_general_dilated).
+  The k rows of patch i are padded rows stride*i .. stride*i + k - 1: the block of `stride` rows
+  stride*i.. plus the first k - stride rows of the next block."""
+  b, h, w, c = x.shape
+  k = kernel.shape[0]
+  if not stride <= k <= 2 * stride:
+    raise ValueError(f"strided_patch_conv: needs stride <= k <= 2 * stride, got k={k}, stride={stride}")
+  ho, wo = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+  need_h, need_w = stride * (ho + 1), stride * (wo + 1)
+  xp = jnp.pad(x, ((0, 0), (pad, max(pad, need_h - h - pad)), (pad, max(pad, need_w - w - pad)), (0, 0)))
+
+  def rows(a, n, axis):   # [.., n*stride+stride, ..] -> [.., n, k, ..] on `axis`
+    lo = jax.lax.slice_in_dim(a, 0, n * stride, axis=axis)
+    hi = jax.lax.slice_in_dim(a, stride, (n + 1) * stride, axis=axis)
+    sh = lambda t: t.reshape(t.shape[:axis] + (n, stride) + t.shape[axis + 1:])
+    return jnp.concatenate([sh(lo), jax.lax.slice_in_dim(sh(hi), 0, k - stride, axis=axis + 1)],
+                           axis + 1)
+
+  xp = jax.lax.slice_in_dim(xp, 0, need_h, axis=1)
+  xp = jax.lax.slice_in_dim(xp, 0, need_w, axis=2)
+  pt = rows(rows(xp, ho, 1), wo, 3)                      # [B, ho, k, wo, k, C]
+  pt = pt.transpose(0, 1, 3, 2, 4, 5).reshape(b * ho * wo, k * k * c)
+  y = jnp.dot(pt, kernel.reshape(k * k * c, -1).astype(x.dtype))
+  return y.reshape(b, ho, wo, -1)
+
+
+class ConvP(nn.Module):
+  """A convolution with `nn.Conv`'s parameters (`kernel` [k, k, Cin / groups, F] lecun-normal,
+  `bias` [F] zeros: the same names, shapes and initial values), computed in the `impl` form
+  (`CONV_IMPLS`). Padding `kernel_size // 2` when `padding` is None. [B, H, W, Cin] ->
+  [B, Ho, Wo, F] in `dtype`."""
+  features: int
+  kernel_size: int = 1
+  strides: int = 1
+  padding: Optional[int] = None
+  feature_group_count: int = 1
+  use_bias: bool = True
+  impl: str = "xla"
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    k, g, cin, s = self.kernel_size, self.feature_group_count, x.shape[-1], self.strides
+    pad = k // 2 if self.padding is None else self.padding
+    kernel = self.param("kernel", nn.initializers.lecun_normal(), (k, k, cin // g, self.features),
+                        jnp.float32)
+    x, kern = x.astype(self.dtype), kernel.astype(self.dtype)
+    if self.impl == "xla":
+      y = jax.lax.conv_general_dilated(x, kern, (s, s), ((pad, pad), (pad, pad)),
+                                       dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                       feature_group_count=g)
+    elif self.impl != "shift":
+      raise ValueError(f"ConvP.impl: expected one of {CONV_IMPLS}, got {self.impl!r}")
+    elif g == 1 and s == 1 and 2 * pad == k - 1:
+      y = conv_same(x, kern)
+    elif g == cin == self.features and s == 1 and 2 * pad == k - 1:
+      y = depthwise_shift(x, kern, pad=pad).astype(self.dtype)
+    elif k == 1 and s == 1 and pad == 0:           # grouped 1x1: one batched matmul per group
+      ci, co = cin // g, self.features // g
+      y = jnp.einsum("...gi,igo->...go", x.reshape(x.shape[:-1] + (g, ci)),
+                     kern.reshape(ci, g, co)).reshape(x.shape[:-1] + (self.features,))
+    elif g == 1 and s <= k <= 2 * s:
+      y = strided_patch_conv(x, kern, s, pad)
+    else:
+      raise ValueError(f"ConvP: no 'shift' form for k={k}, stride={s}, pad={pad}, groups={g}")
+    if self.use_bias:
+      y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32).astype(self.dtype)
+    return y
 
 
 def id_mask_value(dtype) -> float:
@@ -133,6 +225,7 @@ class LocalAttentionParams(nn.Module):
   num_heads: int
   max_dis: int
   dtype: Any = jnp.float32
+  conv_impl: str = "xla"
 
   @nn.compact
   def __call__(self, q_map: Array, k_map: Array, v_map: Array) -> Array:
@@ -141,8 +234,8 @@ class LocalAttentionParams(nn.Module):
     As AOT: relative_emb_k is computed from the unscaled query, then q is scaled by 1/sqrt(hd)."""
     b, h, w, c = q_map.shape
     nh, hd, w2 = self.num_heads, c // self.num_heads, (2 * self.max_dis + 1) ** 2
-    rel_k = nn.Conv(nh * w2, (1, 1), feature_group_count=nh, dtype=self.dtype,
-                    name="relative_emb_k")(q_map).reshape(b, h, w, nh, w2)
+    rel_k = ConvP(nh * w2, 1, feature_group_count=nh, impl=self.conv_impl, dtype=self.dtype,
+                  name="relative_emb_k")(q_map).reshape(b, h, w, nh, w2)
     rel_v = self.param("relative_emb_v", nn.initializers.zeros, (nh, hd, w2), jnp.float32)
     sp = lambda t: t.reshape(b, h, w, nh, hd)
     o = local_attention(sp(q_map / math.sqrt(hd)), sp(k_map), sp(v_map), rel_k, rel_v, self.max_dis)
@@ -152,12 +245,13 @@ class LocalAttentionParams(nn.Module):
 class GNActDWConv(nn.Module):
   """AOT FFN activation: GroupNorm(32) -> GELU -> 5x5 depthwise conv (no bias). x: [B,h,w,C]."""
   dtype: Any = jnp.float32
+  conv_impl: str = "xla"
 
   @nn.compact
   def __call__(self, x):
     x = gelu_exact(GroupNorm(32, dtype=self.dtype, name="gn")(x))
-    return nn.Conv(x.shape[-1], (5, 5), padding=2, feature_group_count=x.shape[-1], use_bias=False,
-                   dtype=self.dtype, name="conv")(x)
+    return ConvP(x.shape[-1], 5, padding=2, feature_group_count=x.shape[-1], use_bias=False,
+                 impl=self.conv_impl, dtype=self.dtype, name="conv")(x)
 
 
 class LSTTLayer(nn.Module):
@@ -168,6 +262,7 @@ class LSTTLayer(nn.Module):
   max_dis: int = 7
   drop_path: float = 0.1
   dtype: Any = jnp.float32
+  conv_impl: str = "xla"
 
   def setup(self):
     ln = lambda: LayerNorm(epsilon=1e-5, dtype=self.dtype)
@@ -176,9 +271,10 @@ class LSTTLayer(nn.Module):
     self.linear_Q = nn.Dense(self.d_model, dtype=self.dtype)
     self.linear_V = nn.Dense(self.d_model, dtype=self.dtype)
     self.long_term_attn = Projection(self.d_model, self.dtype)
-    self.short_term_attn = LocalAttentionParams(self.d_model, self.num_heads, self.max_dis, self.dtype)
+    self.short_term_attn = LocalAttentionParams(self.d_model, self.num_heads, self.max_dis, self.dtype,
+                                                self.conv_impl)
     self.linear1 = nn.Dense(self.ffn_dim, dtype=self.dtype)
-    self.activation = GNActDWConv(self.dtype)
+    self.activation = GNActDWConv(self.dtype, self.conv_impl)
     self.linear2 = nn.Dense(self.d_model, dtype=self.dtype)
     self.droppath = DropPath(self.drop_path)
 
@@ -234,11 +330,12 @@ class ConvGN(nn.Module):
   features: int
   kernel: int
   dtype: Any = jnp.float32
+  conv_impl: str = "xla"
 
   @nn.compact
   def __call__(self, x):
-    x = nn.Conv(self.features, (self.kernel, self.kernel), padding=self.kernel // 2,
-                dtype=self.dtype, name="conv")(x)  # torch Conv2d default: with bias
+    x = ConvP(self.features, self.kernel, impl=self.conv_impl, dtype=self.dtype,
+              name="conv")(x)  # torch Conv2d default: with bias
     return GroupNorm(8, dtype=self.dtype, name="gn")(x)
 
 
@@ -248,17 +345,19 @@ class FPNDecoder(nn.Module):
   num_ids: int
   d_model: int = 256
   dtype: Any = jnp.float32
+  conv_impl: str = "xla"
 
   @nn.compact
   def __call__(self, inputs, shortcuts):
-    d, dt = self.d_model, self.dtype
-    x = nn.relu(ConvGN(d, 1, dt, name="conv_in")(jnp.concatenate(inputs, -1)))
-    x = nn.relu(ConvGN(d, 3, dt, name="conv_16x")(x + nn.Conv(d, (1, 1), dtype=dt, name="adapter_16x")(shortcuts[2])))
+    d, dt, ci = self.d_model, self.dtype, self.conv_impl
+    conv = lambda f, name: ConvP(f, 1, impl=ci, dtype=dt, name=name)
+    x = nn.relu(ConvGN(d, 1, dt, ci, name="conv_in")(jnp.concatenate(inputs, -1)))
+    x = nn.relu(ConvGN(d, 3, dt, ci, name="conv_16x")(x + conv(d, "adapter_16x")(shortcuts[2])))
     x = resize_align_corners(x, shortcuts[1].shape[1:3])
-    x = nn.relu(ConvGN(d // 2, 3, dt, name="conv_8x")(x + nn.Conv(d, (1, 1), dtype=dt, name="adapter_8x")(shortcuts[1])))
+    x = nn.relu(ConvGN(d // 2, 3, dt, ci, name="conv_8x")(x + conv(d, "adapter_8x")(shortcuts[1])))
     x = resize_align_corners(x, shortcuts[0].shape[1:3])
-    x = nn.relu(ConvGN(d // 2, 3, dt, name="conv_4x")(x + nn.Conv(d // 2, (1, 1), dtype=dt, name="adapter_4x")(shortcuts[0])))
-    return nn.Conv(self.num_ids, (1, 1), dtype=dt, name="conv_out")(x)
+    x = nn.relu(ConvGN(d // 2, 3, dt, ci, name="conv_4x")(x + conv(d // 2, "adapter_4x")(shortcuts[0])))
+    return conv(self.num_ids, "conv_out")(x)
 
 
 class Propagator(nn.Module):
@@ -268,7 +367,8 @@ class Propagator(nn.Module):
   max_objects + 1 entries); audio_insert_levels (encoder levels 0..3 with the eq. 6 insert);
   identity_from_audio (ID embedding cross-attends to the audio); audio_tokens ("learned" |
   "paper") and num_audio_tokens (see the module docstring); local_max_dis (short-term window);
-  drop_path; dtype (compute; params float32).
+  drop_path; dtype (compute; params float32); conv_impl ("xla" | "shift", `CONV_IMPLS`: the
+  form of every convolution and of the ID bank; the parameters are the same either way).
   Audio inputs are one frame's audio embedding [B, Ca] (VGGish: Ca = 128).
   """
   num_layers: int = 3
@@ -283,19 +383,22 @@ class Propagator(nn.Module):
   local_max_dis: int = 7
   drop_path: float = 0.1
   dtype: Any = jnp.float32
+  conv_impl: str = "xla"
 
   def setup(self):
-    dt = self.dtype
+    dt, ci = self.dtype, self.conv_impl
     if self.audio_tokens not in AUDIO_TOKEN_MODES:
       raise ValueError(f"propagator.audio_tokens: expected one of {AUDIO_TOKEN_MODES}, "
                        f"got {self.audio_tokens!r}")
-    self.encoder_projector = nn.Conv(self.d_model, (1, 1), dtype=dt)
-    self.patch_wise_id_bank = nn.Conv(self.d_model, (17, 17), strides=(16, 16), padding=8, dtype=dt)
+    if ci not in CONV_IMPLS:
+      raise ValueError(f"propagator.conv_impl: expected one of {CONV_IMPLS}, got {ci!r}")
+    self.encoder_projector = ConvP(self.d_model, 1, impl=ci, dtype=dt)
+    self.patch_wise_id_bank = ConvP(self.d_model, 17, strides=16, padding=8, impl=ci, dtype=dt)
     self.layers = [LSTTLayer(self.d_model, self.num_heads, self.ffn_dim, self.local_max_dis,
-                             self.drop_path, dt, name=f"layers_{i}") for i in range(self.num_layers)]
+                             self.drop_path, dt, ci, name=f"layers_{i}") for i in range(self.num_layers)]
     self.decoder_norms = [LayerNorm(epsilon=1e-5, dtype=dt, name=f"decoder_norms_{i}")
                           for i in range(self.num_layers)]
-    self.decoder = FPNDecoder(self.max_objects + 1, self.d_model, dt)
+    self.decoder = FPNDecoder(self.max_objects + 1, self.d_model, dt, ci)
     self.audio_insert = {str(l): AudioInsert(self.num_heads, self.d_model, dt, name=f"audio_insert_{l}")
                          for l in self.audio_insert_levels}
     if self.identity_from_audio:
@@ -410,7 +513,8 @@ def from_config(cfg) -> Propagator:
                     audio_insert_levels=tuple(cfg.audio_insert_levels),
                     identity_from_audio=cfg.identity_from_audio, audio_tokens=cfg.audio_tokens,
                     num_audio_tokens=cfg.num_audio_tokens, local_max_dis=cfg.local_max_dis,
-                    drop_path=cfg.drop_path, dtype=jnp.dtype(cfg.dtype))
+                    drop_path=cfg.drop_path, dtype=jnp.dtype(cfg.dtype),
+                    conv_impl=resolve_conv_impl(cfg.get("conv_impl", "auto")))
 
 
 def init_params(model: Propagator, rng, feats, audio, mask_onehot):

@@ -80,24 +80,26 @@ def _weighted_mean(x: Array, w: Array) -> Array:
   return jnp.sum(x * w) / jnp.maximum(jnp.sum(w), 1.0)
 
 
-def make_loss_fn(config, total_steps: Optional[int] = None, *, encode: Optional[Callable] = None):
+def make_loss_fn(config, total_steps: Optional[int] = None, *, encode: Optional[Callable] = None,
+                 formulation: str = "batched"):
   """loss_fn(params, extra, batch, rng, step) -> (loss, aux) for stage 2.
 
-  params / extra: `coprop_jax.pipeline.split_train_params` of the pipeline params (trainable
+  params / extra: `coprop_jax.train.tasks.propagator.split_train_params` of the pipeline params (trainable
   {"propagator", "encoder"}; extra {"encoder": BatchNorm statistics, "vggish"}). batch: host
   vocabulary with masks, gt_valid, frame_valid, control_points (GT-derived), audio. step: the
   optimizer step (traced): drives the top-k ramp and the switch to sequential training at
   int(seq_training_start * total_steps). total_steps: defaults to config.train.num_steps.
   aux: ce, jaccard (weighted means), num_frames, seq_training (0/1), top_k_fraction.
+  formulation: see `coprop_jax.train.tasks.propagator.make_train_forward`.
   """
-  from coprop_jax.pipeline import make_train_forward
+  from coprop_jax.train.tasks.propagator import make_train_forward
   tc = config.propagator.train
   total = int(config.train.num_steps if total_steps is None else total_steps)
   if total <= 0:
     raise ValueError(f"propagator loss: total_steps must be > 0 (config.train.num_steps={total}); "
                      "pass total_steps when training by epochs")
   switch = int(tc.seq_training_start * total)
-  forward = make_train_forward(config, encode=encode)
+  forward = make_train_forward(config, encode=encode, formulation=formulation)
 
   def loss_fn(params, extra, batch, rng, step):
     seq = jnp.asarray(step) >= switch

@@ -154,16 +154,53 @@ def make_optimizer(tc: Any, trainable: Any = None, *, total_steps: Optional[int]
   return optax.chain(zero_frozen, optax.clip_by_global_norm(clip), tx)
 
 
+def trained_mask(trainable: Any, params: Any) -> Any:
+  """`trainable` (None, or a prefix tree of bools / learning-rate ratios, as `make_optimizer`
+  takes) -> a bool per leaf of `params`: True where the leaf is trained (ratio > 0)."""
+  if trainable is None:
+    return jax.tree.map(lambda _: True, params)
+  return jax.tree.map(lambda t, sub: jax.tree.map(lambda _: bool(t) if isinstance(t, bool)
+                                                  else float(t) > 0, sub), trainable, params)
+
+
+def value_and_trained_grad(loss_fn: LossFn, params: Any, trainable: Any, *args):
+  """((loss, aux), grads) with only the trained leaves of `params` differentiated.
+
+  Frozen leaves (`trainable` False / ratio 0, see `trained_mask`) are closed over as constants,
+  so XLA neither computes nor keeps their gradients; their entries in `grads` are zeros (the
+  optimizer zeroes frozen updates anyway, so the update is the same as differentiating all)."""
+  if trainable is None:
+    return jax.value_and_grad(loss_fn, has_aux=True)(params, *args)
+  leaves, treedef = jax.tree.flatten(params)
+  mask = jax.tree.leaves(trained_mask(trainable, params))
+  idx = [i for i, m in enumerate(mask) if m]
+
+  def f(trained, *a):
+    full = list(leaves)
+    for i, x in zip(idx, trained):
+      full[i] = x
+    return loss_fn(jax.tree.unflatten(treedef, full), *a)
+
+  out, g = jax.value_and_grad(f, has_aux=True)([leaves[i] for i in idx], *args)
+  full = [jnp.zeros_like(x) for x in leaves]
+  for i, x in zip(idx, g):
+    full[i] = x
+  return out, jax.tree.unflatten(treedef, full)
+
+
 def train_step(state: TrainState, batch: dict, *, loss_fn: LossFn,
-               lr_fn: Optional[optax.Schedule] = None) -> tuple[TrainState, dict]:
+               lr_fn: Optional[optax.Schedule] = None, trainable: Any = None
+               ) -> tuple[TrainState, dict]:
   """One update. batch: dict of arrays (a task's device batch). Returns (state, metrics).
 
   `loss_fn(params, extra, batch, rng, step)`: `step` is `state.step` (int32 [], the 0-based
   index of this update), so losses can ramp or switch with training progress.
+  `trainable`: the task's `trainable(params)` (None = all): frozen leaves are not
+  differentiated (`value_and_trained_grad`); `grad_norm` is the norm over the trained leaves.
   A non-finite loss or gradient norm leaves the state as it was (except `nonfinite_step`)."""
   rng, sub = jax.random.split(state.rng)
-  (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      state.params, state.extra, batch, sub, state.step)
+  (loss, aux), grads = value_and_trained_grad(loss_fn, state.params, trainable,
+                                              state.extra, batch, sub, state.step)
   updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   grad_norm = optax.global_norm(grads)
@@ -187,11 +224,12 @@ FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitter
 
 def make_train_step(loss_fn: LossFn, donate: bool = True,
                     compiler_options: Optional[dict] = None,
-                    lr_fn: Optional[optax.Schedule] = None) -> Callable:
+                    lr_fn: Optional[optax.Schedule] = None, trainable: Any = None) -> Callable:
   """jit(train_step)(state, batch) -> (state, metrics), without explicit shardings (tests,
-  benchmarks; the trainer compiles `train_step` itself with the mesh's shardings)."""
+  benchmarks; the trainer compiles `train_step` itself with the mesh's shardings).
+  `trainable`: see `train_step` (None: every parameter differentiated)."""
 
   def step(state: TrainState, batch: dict):
-    return train_step(state, batch, loss_fn=loss_fn, lr_fn=lr_fn)
+    return train_step(state, batch, loss_fn=loss_fn, lr_fn=lr_fn, trainable=trainable)
 
   return jax.jit(step, donate_argnums=(0,) if donate else (), compiler_options=compiler_options)

@@ -358,8 +358,10 @@ def compile_train_step(task: Any, config: ml_collections.ConfigDict, abstract_st
   memory analysis and FLOPs."""
   state_shardings = jax.tree.map(lambda x: x.sharding, abstract_state)
   repl = shd.replicated(next(iter(batch.values())).sharding.mesh)
+  # Frozen parameters (task.trainable: False / ratio 0) stay outside the differentiated tree.
   update = jax.jit(functools.partial(train_step, loss_fn=task.loss_fn,
-                                     lr_fn=lr_schedule(config.train, task.total_steps)),
+                                     lr_fn=lr_schedule(config.train, task.total_steps),
+                                     trainable=task.trainable(abstract_state.params)),
                    out_shardings=(state_shardings, repl), donate_argnums=(0,),
                    compiler_options=FAST_COMPILE if config.train.fast_compile else None)
   t0 = time.perf_counter()

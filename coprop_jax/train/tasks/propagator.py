@@ -3,14 +3,17 @@
     python -m coprop_jax.train --config configs/coprop.py:dataset=ms3,stage=propagator --workdir DIR \
         --config.propagator.aot_weights=ckpt/aotl --config.keyframe.vggish_weights=ckpt/vggish
 
-Training (`coprop_jax.pipeline.make_train_forward` + `coprop_jax.train.propagator_losses`):
+Training (`make_train_forward` below + `coprop_jax.train.propagator_losses`):
 clips of T frames; every frame with a control point AND a GT mask is a reference (its GT mask
 resets the memory: with the built dataset's default control points, frame 0 only, which is
 AOT's recipe; with `data.control_points_file`, every GT-derived keyframe); the short-term memory
 takes the GT of the previous frame for the first `propagator.train.seq_training_start` of the
 run and the model's own prediction after it (sequential training), when the ID bank is frozen
 (`freeze_id_bank_after`); loss = top-k CE (ramped) + soft Jaccard on propagated frames with GT;
-BPTT through the scan (`propagator.remat` to save memory).
+BPTT through the scan (`propagator.remat` to save memory). The step is laid out for speed: the
+encoder (and VGGish) run once on all B*T frames before the frame scan, only what depends on the
+previous frame runs inside it (`propagation.propagate_train`: no `lax.cond`), and frozen
+parameters are not differentiated (`trainable` -> `state.train_step`).
 
 Trained: {"propagator": params, "encoder": encoder params}; AOT's frozen encoder stages and
 BatchNorm affine params get no update, the other encoder stages run at
@@ -63,6 +66,102 @@ def decay_mask(params: Any) -> Any:
     names = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
     return len(x.shape) > 1 and not any(e in n for n in names for e in DECAY_EXEMPT)
   return jax.tree_util.tree_map_with_path(one, params)
+
+
+def split_train_params(params: dict) -> tuple[dict, dict]:
+  """Pipeline params -> (trainable {"propagator", "encoder": encoder "params"}, extra {"encoder":
+  the encoder's other collections (frozen BatchNorm statistics), "vggish": VGGish params when the
+  KPF holds them}) for `make_train_forward` / `propagator_losses.make_loss_fn`."""
+  enc = dict(params.get("encoder") or {})
+  trainable = {"propagator": params["propagator"], "encoder": enc.pop("params", {})}
+  extra = {"encoder": enc}
+  vgg = (params.get("keyframe") or {}).get("params", {}).get("vggish")
+  if vgg is not None:
+    extra["vggish"] = vgg
+  return trainable, extra
+
+
+FORMULATIONS = ("batched", "per_frame")
+
+
+def make_train_forward(config, *, encode: Optional[Callable] = None, formulation: str = "batched"):
+  """Stage-2 forward: fwd(params, extra, batch, rng, seq_training) -> dict(logits [B,T,H,W,ids],
+  targets [B,T,H,W] int32 object ids (IGNORE where unknown), weights [B,T] float32 (frames with
+  GT that are propagated: not references, after the clip's first reference), num_objects [B,T]).
+
+  params/extra as `split_train_params`. batch: frames, masks, gt_valid, frame_valid,
+  control_points, audio_embed or audio_logmel (VGGish from extra["vggish"]). References: frames
+  with a control point AND a GT mask (oracle keyframes; a control point without GT is no reset).
+  seq_training (traced bool): False = AOT's first phase (short-term memory from the GT of the
+  previous frame where it has GT), True = sequential training (the model's own prediction; ID
+  bank frozen). config.propagator.train: mem_gap, id_shuffle (AOT's random id permutation).
+  formulation: "batched" (default): encoder and VGGish on all B*T frames at once, then
+  `propagation.propagate_train`; "per_frame": the same numbers through the inference scan
+  `propagation.propagate(train=True)` (encoder inside the scan, `lax.cond` on padding frames),
+  kept as the reference the fast form is tested and benchmarked against.
+  """
+  from coprop_jax.pipeline import segment_targets
+  if formulation not in FORMULATIONS:
+    raise ValueError(f"make_train_forward: formulation must be one of {FORMULATIONS}, got {formulation!r}")
+  pc, tc = config.propagator, config.propagator.train
+  model = prop_lib.from_config(pc)
+  if encode is None:
+    _, encode = prop_lib.build_encoder(pc)
+  semantic = int(config.keyframe.num_classes) > 1
+  num_classes, mo = int(config.keyframe.num_classes), model.max_objects
+
+  def forward(params, extra, batch, rng, seq_training):
+    frames, masks = batch["frames"], batch["masks"]
+    b, t = frames.shape[:2]
+    gt = batch["gt_valid"].astype(bool) & batch["frame_valid"].astype(bool)
+    is_ref = (batch["control_points"] == 1) & gt
+    if semantic:
+      targets, nobj = segment_targets(masks, is_ref, num_classes, mo)
+    else:
+      targets, nobj = (masks > 0).astype(jnp.int32), jnp.ones((b, t), jnp.int32)
+    targets = jnp.where(gt[..., None, None], targets, IGNORE)
+    after_ref = jnp.cumsum(is_ref.astype(jnp.int32), axis=1) > 0
+    weights = (gt & ~is_ref & after_ref).astype(jnp.float32)
+    r_drop, r_perm = jax.random.split(rng)
+    perm = None
+    if tc.id_shuffle:  # AOT: random id permutation per clip, background kept at 0
+      perms = jax.vmap(lambda k: jax.random.permutation(k, mo) + 1)(jax.random.split(r_perm, b))
+      perm = jnp.concatenate([jnp.zeros((b, 1), perms.dtype), perms], 1)
+    seq = jnp.asarray(seq_training, bool)
+    enc_vars = {"params": params["encoder"], **extra.get("encoder", {})}
+    fv = batch["frame_valid"].astype(bool)
+    kf_ids = jnp.where(targets == IGNORE, 0, targets)
+    if formulation == "per_frame":
+      audio = ({"audio_embed": batch["audio_embed"]} if "audio_embed" in batch else
+               {"audio_logmel": batch["audio_logmel"], "vggish_params": extra.get("vggish")})
+      out = propagation.propagate(
+          model, {"propagator": params["propagator"], "encoder": enc_vars},
+          frames, kf_ids, is_ref, nobj, encode=encode, frame_valid=fv,
+          memory_slots=pc.memory_slots, mem_gap=tc.mem_gap, train=True, rng=r_drop,
+          remat=pc.remat, teacher_masks=targets, teacher_valid=gt, teacher_forcing=~seq,
+          freeze_id=seq, id_perm=perm, return_logits=True, **audio)
+      logits = out["logits"]
+    else:
+      # Time-major: the encoder's outputs are the scan's per-frame inputs without a transpose
+      # of any activation (only the input frames are transposed).
+      tm = lambda x: jnp.swapaxes(x, 0, 1).reshape((t * b,) + x.shape[2:])
+      feats = [f.reshape((t, b) + f.shape[1:]) for f in encode(enc_vars, tm(frames))]
+      if "audio_embed" in batch:
+        audio = jnp.swapaxes(batch["audio_embed"], 0, 1)
+      elif "audio_logmel" in batch:
+        from coprop_jax.models.vggish import VGGish
+        emb = VGGish(dtype=model.dtype).apply({"params": extra.get("vggish")}, tm(batch["audio_logmel"]))
+        audio = jax.lax.stop_gradient(emb).reshape(t, b, -1)
+      else:
+        _audio_args(batch, extra)   # raises the error naming the missing keys
+      logits = propagation.propagate_train(
+          model, params["propagator"], feats, audio, kf_ids, is_ref, nobj, frame_valid=fv,
+          rng=r_drop, teacher_masks=targets, teacher_valid=gt, teacher_forcing=~seq,
+          freeze_id=seq, id_perm=perm, memory_slots=pc.memory_slots, mem_gap=tc.mem_gap,
+          remat=pc.remat)
+    return dict(logits=logits, targets=targets, weights=weights, num_objects=nobj)
+
+  return forward
 
 
 def _audio_args(batch: dict, extra: dict) -> dict:
@@ -155,13 +254,19 @@ class PropagatorTask(Task):
     kpf = kf_lib.from_config(self.config.keyframe)
     return kpf.init(rng, f["frames"][:1], audio_logmel=f["audio_logmel"][:1])["params"]["vggish"]
 
-  def make_optimizer(self, params: Any) -> optax.GradientTransformation:
-    from coprop_jax.train.propagator_losses import freeze_id_bank_after, param_labels
-    from coprop_jax.train.state import make_optimizer
+  def trainable(self, params: Any) -> Any:
+    """Learning-rate ratio per leaf: propagator 1, trained encoder stages
+    `encoder_lr_ratio`, AOT's frozen encoder stages / BatchNorm affine params 0 (not
+    differentiated by the update step)."""
+    from coprop_jax.train.propagator_losses import param_labels
     tc = self.config.propagator.train
     ratio = {"propagator": 1.0, "encoder": float(tc.encoder_lr_ratio), "frozen": 0.0}
-    ratios = jax.tree.map(lambda lab: ratio[lab], param_labels(params, self.config))
-    tx = make_optimizer(self.config.train, ratios, total_steps=self.total_steps,
+    return jax.tree.map(lambda lab: ratio[lab], param_labels(params, self.config))
+
+  def make_optimizer(self, params: Any) -> optax.GradientTransformation:
+    from coprop_jax.train.propagator_losses import freeze_id_bank_after
+    from coprop_jax.train.state import make_optimizer
+    tx = make_optimizer(self.config.train, self.trainable(params), total_steps=self.total_steps,
                         decay_mask=decay_mask(params))
     return optax.chain(tx, freeze_id_bank_after(self.switch_step))
 
