@@ -129,7 +129,8 @@ def stage_configs(config: ml_collections.ConfigDict, workdir: pathlib.Path
   out = {}
   for r in recipes.demo_runs():
     name = r.name
-    steps = int(dm[r.steps])
+    sec, _, field = r.steps.partition(".")
+    steps = int(config[sec][field])
     if r.prior and steps <= 0:
       continue
     c = ml_collections.ConfigDict(base)   # (the demo section is the demo's, not saved with runs)

@@ -42,6 +42,44 @@ def test_rows_and_runs_of_each_table():
   assert "aot" not in [r.name for r in A.runs_needed(t5, base)]
   with pytest.raises(A.AblateError, match="--table '3'"):
     A.plan_rows("3", {})
+  # Table 6: one model and one evaluation, its rows differing in the frames they cover
+  t6 = A.plan_rows("6", {})
+  assert [r.subset for r in t6] == ["keyframes", "normal"] and len({r.method for r in t6}) == 1
+  assert {r.control_points for r in t6} == {"gt"}
+  # Alignment Rate: Co-Prop, the KPF on every frame, AOT propagated from frame 0
+  ar = A.plan_rows("AR", {"rcpg": "x"})
+  assert [(r.model, r.control_points) for r in ar] == [
+      ("kpf_finetune+aip_4layer", "rcpg"), ("kpf_finetune+aip_4layer", "every_frame"),
+      ("kpf_finetune+aot", "first_frame")]
+  assert len({r.method for r in ar}) == 3
+
+
+def test_rows_take_their_figures_from_their_own_method():
+  summaries = {"a": {"subsets": {"all": {"J": 0.5, "F": 0.6, "alignment_rate": 0.7},
+                                 "keyframes": {"J": 0.9, "F": 0.8, "alignment_rate": 1.0},
+                                 "normal": {"J": 0.2, "F": 0.3, "alignment_rate": 0.4}}}}
+  from coprop_jax.experiments import recipes
+  t6 = A.plan_rows("6", {})
+  cols = recipes.table("6").columns
+  from coprop_jax.experiments.runner import row_figures
+  assert row_figures(t6[0], summaries["a"], cols) == {"J": 0.9, "F": 0.8, "Align.": 1.0}
+  assert row_figures(t6[1], summaries["a"], cols) == {"J": 0.2, "F": 0.3, "Align.": 0.4}
+  md = A.markdown("6", t6, {r.name: row_figures(r, summaries["a"], cols) for r in t6}, "note")
+  assert "| Keyframes | 90.00 | 80.00 | 100.00 | kpf_finetune+aip_4layer |" in md
+  assert "| Normal frames | 20.00 | 30.00 | 40.00 |" in md
+
+
+def test_finetune_without_control_points_is_refused_before_anything_is_written(tmp_path):
+  from coprop_jax.train import trainer
+  from coprop_jax.utils.config import ConfigError
+  c = load_config(SPEC.replace("runlocal=True", "runlocal=True,stage=kpf_finetune"))
+  assert c.data.control_points_file == ""
+  with pytest.raises(ConfigError, match="data.control_points_file"):
+    trainer.train_and_evaluate(c, str(tmp_path / "ft"))
+  assert not (tmp_path / "ft").exists()
+  # the ablation gives its fine-tune the GT rule's control points of the train split
+  f = A.run_config(SPEC, [], A.RUNS["kpf_finetune"], tmp_path)
+  assert f.data.control_points_file == str(tmp_path / "control_points" / "gt_train.jsonl")
 
 
 def test_run_configs_reuse_and_refusal(tmp_path):

@@ -90,19 +90,19 @@ def table(t: str) -> ml_collections.ConfigDict:
 
 
 def demo_runs() -> list[ml_collections.ConfigDict]:
-  """The demo's training runs in training order (a list: ConfigDict sorts its keys): name, stage, the `demo.*` field giving its steps, the run it
+  """The demo's training runs in training order (a list: ConfigDict sorts its keys): name, stage, the config field giving its steps (`demo.*`), the run it
   starts from, per-section overrides, the propagator insert variant, and whether it is the
   tracking prior (trained on its own "tracking" data; both stage-2 runs start from it)."""
   run = lambda name, stage, steps, init_from="", insert="", overrides=None, prior=False: \
       ml_collections.ConfigDict(dict(name=name, stage=stage, steps=steps, init_from=init_from,
                                      insert=insert, overrides=overrides or {}, prior=prior))
   return [
-      run("kpf", "kpf", "kpf_steps"),
-      run("kpf_finetune", "kpf_finetune", "finetune_steps", init_from="kpf"),
-      run("kpf_blind", "kpf", "blind_steps", overrides={"keyframe": {"audio_mode": "zero"}}),
-      run("propagator_pretrain", "propagator", "pretrain_steps", insert="aot", prior=True),
-      run("propagator", "propagator", "propagator_steps", insert="4layer"),
-      run("propagator_aot", "propagator", "propagator_steps", insert="aot"),
+      run("kpf", "kpf", "demo.kpf_steps"),
+      run("kpf_finetune", "kpf_finetune", "demo.finetune_steps", init_from="kpf"),
+      run("kpf_blind", "kpf", "demo.blind_steps", overrides={"keyframe": {"audio_mode": "zero"}}),
+      run("propagator_pretrain", "propagator", "demo.pretrain_steps", insert="aot", prior=True),
+      run("propagator", "propagator", "demo.propagator_steps", insert="4layer"),
+      run("propagator_aot", "propagator", "demo.propagator_steps", insert="aot"),
   ]
 
 

@@ -145,7 +145,28 @@ def run_config(spec: str, overrides: Sequence[str], run: Run, workdir: pathlib.P
       c.train.compilation_cache_dir = resolve_path(c.train.compilation_cache_dir, str(workdir))
     if run.init_from:
       c.train.init_from = str(workdir / "runs" / run.init_from / "checkpoints")
+    if run.stage == "kpf_finetune" and not c.data.control_points_file:
+      # the keyframes of the fine-tune: the GT rule's on the train split (ensure_gt_control_points)
+      c.data.control_points_file = str(gt_control_points_file(workdir))
   return c
+
+
+def gt_control_points_file(workdir: pathlib.Path) -> pathlib.Path:
+  return workdir / "control_points" / "gt_train.jsonl"
+
+
+def ensure_gt_control_points(config: ml_collections.ConfigDict) -> None:
+  """Writes `config.data.control_points_file` (the GT rule's control points of the train split,
+  `python -m coprop_jax.rcpg --method gt`) when it is missing."""
+  from coprop_jax.rcpg import runner as rcpg_runner
+  from data_pipelines import prepare
+  out = pathlib.Path(config.data.control_points_file)
+  if out.is_file():
+    return
+  prepare.prepare_dataset(config.data)   # the tree the rule reads (built once, shared)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  rcpg_runner.run(config.rcpg, "gt", str(out), data_dir=config.data.manual_dir,
+                  layout=config.data.name.partition("_")[2], split="train", progress=False)
 
 
 # ------------------------------------------------------------------------------ training
@@ -271,8 +292,12 @@ def ablate(table: str, spec: str, overrides: Sequence[str], workdir: str | os.Pa
   tables = {m: ev_lib.ControlPointTable(f) for m, f in rcpg_files.items()}   # checked up front
   runs = runs_needed(rows, base)
   workdir.mkdir(parents=True, exist_ok=True)
-  done = train_runs({r.name: run_config(spec, overrides, r, workdir) for r in runs},
-                    workdir / "runs")
+  configs = {r.name: run_config(spec, overrides, r, workdir) for r in runs}
+  for r in runs:
+    if r.stage == "kpf_finetune" and configs[r.name].data.control_points_file == str(
+        gt_control_points_file(workdir)):
+      ensure_gt_control_points(configs[r.name])
+  done = train_runs(configs, workdir / "runs")
   status = {k: v["status"] for k, v in done.items()}
   methods, models = {}, {}
   for r in rows:
