@@ -127,8 +127,42 @@ def test_table_2b_end_to_end_then_reused(tmp_path, capsys):
   md = (wd / "table_2b.md").read_text()
   assert md.count("not run: needs a local audio LLM") == 3 and "| cosine |" in md
   assert (wd / "eval_2b" / "comparison.md").is_file()
+  _rows_match_their_own_predictions(wd, "2b", res)
   # again: every run and the model reused, the same figures
   assert A.main(["--table", "2b", "--config", SPEC, "--workdir", str(wd), "--batch_size", "2", *TINY]) == 0
   again = json.loads((wd / "table_2b.json").read_text())
   assert set(again["runs"].values()) == {"reused"}
   assert [r["figures"] for r in again["rows"]] == [r["figures"] for r in res["rows"]]
+
+
+def _rows_match_their_own_predictions(wd, table, res):
+  """Each row's J is the mean over videos of its own method's per-video J (the evaluator's
+  figures from that method's masks), over the row's frame subset."""
+  import csv
+  for r in res["rows"]:
+    if r["figures"] is None:
+      continue
+    with open(wd / f"eval_{table}" / f"{r['method']}.per_video.csv") as fh:
+      vids = list(csv.DictReader(fh))
+    col = "J" if r["subset"] == "all" else f"J_{r['subset']}"
+    vals = [float(v[col]) for v in vids if v[col] != ""]
+    assert vals and abs(sum(vals) / len(vals) - r["figures"]["J"]) < 1e-5, (r["name"], col)
+
+
+@pytest.mark.slow  # reuses nothing from the test above: the AR table's four runs, tiny
+def test_tables_6_and_ar_end_to_end(tmp_path):
+  wd = tmp_path / "abl"
+  for t in ("AR", "6"):
+    assert A.main(["--table", t, "--config", SPEC, "--workdir", str(wd), "--batch_size", "2", *TINY]) == 0
+    res = json.loads((wd / f"table_{t}.json").read_text())
+    md = (wd / f"table_{t}.md").read_text()
+    header = md.splitlines()[0]
+    if t == "AR":
+      assert header == "| Method | Align. | Align. MOC | J | Model |"
+      assert set(res["runs"]) == {"kpf", "kpf_finetune", "aip_4layer", "aot"}
+    else:
+      assert header == "| Frames | J | F | Align. | Model |"
+      assert set(res["runs"].values()) == {"reused"}
+      assert len({r["method"] for r in res["rows"]}) == 1
+    assert len(md.splitlines()) >= 2 + len(res["rows"])
+    _rows_match_their_own_predictions(wd, t, res)
