@@ -1,4 +1,4 @@
-"""The paper's ablations by config: Table 2a (KPF / RCPG / AIP on or off), 2b (control points:
+"""The paper's tables by config: Table 3 (dataset statistics, no training), 2a (KPF / RCPG / AIP on or off), 2b (control points:
 cosine / 1step / 3step / rcpg / gt), 5 (audio-insert levels: none / 1 / 4), 6 (keyframes vs
 normal frames) and AR (Alignment Rate: Co-Prop, KPF on every frame, AOT from frame 0; Fig. 3).
 
@@ -30,7 +30,7 @@ from typing import Optional
 from coprop_jax import evaluate as ev_lib
 from coprop_jax.experiments import progress
 from coprop_jax.experiments.runner import (  # noqa: F401  (the ablation API, re-exported)
-    FORMAT, LLM_METHODS, NEEDS_LLM, RUNS, TABLES, AblateError, Row, Run, ablate, markdown,
+    FORMAT, LLM_METHODS, NEEDS_LLM, RUNS, STATISTICS_TABLE, TABLES, AblateError, Row, Run, ablate, markdown,
     model_for, plan_rows, run_config, run_is_done, run_spec, runs_needed)
 
 
@@ -43,10 +43,10 @@ def main(argv: Optional[list[str]] = None) -> int:
   ap = argparse.ArgumentParser(prog="python -m coprop_jax.ablate", description=__doc__.split("\n\n")[0],
                                formatter_class=argparse.RawDescriptionHelpFormatter,
                                epilog="Config fields are overridden with --config.<a.b>=<value>.")
-  ap.add_argument("--table", required=True, choices=TABLES)
+  ap.add_argument("--table", required=True, choices=(STATISTICS_TABLE, *TABLES))
   ap.add_argument("--config", required=True, help="experiment config file[:config string] (configs/coprop.py)")
   ap.add_argument("--workdir", required=True, help="runs, models, evaluations and tables go here")
-  ap.add_argument("--split", default="test")
+  ap.add_argument("--split", default="test", help="evaluation split; table 3: a split or 'all'")
   ap.add_argument("--rcpg_control_points", nargs="*", default=[], metavar="METHOD=FILE",
                   help="control-point JSONL files of the LLM methods (1step, 3step, rcpg)")
   ap.add_argument("--batch_size", type=int, default=8, help="clips per network call in evaluation")

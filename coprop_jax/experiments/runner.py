@@ -33,6 +33,7 @@ from coprop_jax.train import trainer
 log = logging.getLogger(__name__)
 FORMAT = "coprop_ablation/1"
 TABLES = recipes.TABLES
+STATISTICS_TABLE = "3"     # dataset statistics: no training (experiments/statistics.py)
 LLM_METHODS = recipes.LLM_METHODS
 NEEDS_LLM = ("not run: needs a local audio LLM (rcpg.model_name_or_path); make its control "
              "points with python -m coprop_jax.rcpg --method {m} and pass "
@@ -273,6 +274,23 @@ def markdown(table: str, rows: Sequence[Row], figures: Mapping[str, Mapping], no
   return "\n".join(lines) + "\n\n" + note + "\n"
 
 
+def statistics_table(spec: str, overrides: Sequence[str], workdir: pathlib.Path, split: str) -> dict:
+  """Table 3 of `split` ("all": train, val and test) -> the JSON written to DIR/table_3.json."""
+  from coprop_jax.eval.report import write_text_atomic
+  from coprop_jax.experiments import statistics
+  cfg = run_config(spec, overrides, RUNS["kpf"], workdir)
+  splits = ["train", "val", "test"] if split == "all" else [split]
+  workdir.mkdir(parents=True, exist_ok=True)
+  with progress.bar("dataset statistics", 1, unit="table") as b:
+    res = statistics.table_3(cfg, splits, workdir)
+    b.update(1)
+  result = dict(format=FORMAT, table=STATISTICS_TABLE, config=spec, overrides=list(overrides),
+                split=split, runs={}, **res)
+  write_text_atomic(workdir / "table_3.md", res["markdown"])
+  write_text_atomic(workdir / "table_3.json", json.dumps(result, indent=1) + "\n")
+  return result
+
+
 def ablate(table: str, spec: str, overrides: Sequence[str], workdir: str | os.PathLike, *,
            split: str = "test", rcpg_files: Optional[Mapping[str, str]] = None,
            batch_size: int = 8) -> dict:
@@ -284,6 +302,8 @@ def ablate(table: str, spec: str, overrides: Sequence[str], workdir: str | os.Pa
   if bad:
     raise AblateError(f"--rcpg_control_points: unknown method(s) {bad}; expected {list(LLM_METHODS)}")
   workdir = pathlib.Path(workdir).expanduser().resolve()
+  if table == STATISTICS_TABLE:
+    return statistics_table(spec, overrides, workdir, split)
   rows = plan_rows(table, rcpg_files)
   rec = recipes.table(table)
   # The evaluation's config: the experiment's own dataset (a stage-2 config may train on another,
