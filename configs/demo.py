@@ -16,6 +16,8 @@ Co-Prop J >= 0.80 and Alignment Rate >= 0.90 on the test split; figures in bench
 Config-string keys:
   smoke   True: the same code path with tiny data and a few steps (tests/test_demo.py)
   data    "ambiguous" (default: data.synthetic.generator="moc_ambiguous") or "clean" ("moc")
+  stage, insert   as configs/coprop.py's (python -m coprop_jax.ablate sets them per run, so the
+                  paper's tables run on the demo's data: --config configs/demo.py)
 """
 from configs import coprop
 from configs.parts.demo import get_demo_config
@@ -26,10 +28,12 @@ DATA_VARIANTS = {"ambiguous": "moc_ambiguous", "clean": "moc"}
 
 
 def get_config(arg=None):
-  args = parse_config_string(arg, {"smoke": False, "data": "ambiguous"})
+  args = parse_config_string(arg, {"smoke": False, "data": "ambiguous", "stage": "kpf",
+                                   "insert": "4layer"})
   if args.data not in DATA_VARIANTS:
     raise ValueError(f"configs/demo.py: data must be one of {sorted(DATA_VARIANTS)}, got {args.data!r}")
-  c = coprop.get_config("dataset=ms3,runlocal=True")   # the small-run sizes, synthetic MS3
+  # the small-run sizes, synthetic MS3
+  c = coprop.get_config(f"dataset=ms3,runlocal=True,stage={args.stage},insert={args.insert}")
   d = c.data
   d.synthetic.generator = DATA_VARIANTS[args.data]
   d.audio_embed = "logmel_stats"
