@@ -162,6 +162,10 @@ def test_demo_config_is_strict_and_derives_the_stages(tmp_path):
   assert load_config(DEMO + ":data=clean").data.synthetic.generator == "moc"
   with pytest.raises(ValueError, match="data must be one of"):
     load_config(DEMO + ":data=noisy")
+  # ablate sets stage= and insert= per run on the demo's data
+  a = load_config(DEMO + ":stage=propagator,insert=aot")
+  assert a.train.stage == "propagator" and a.propagator.audio_insert_levels == ()
+  assert a.data.synthetic.generator == "moc_ambiguous" and a.train.lr_schedule == "poly"
   with pytest.raises(ConfigError, match="demo.nope"):
     load_config(DEMO, ["demo.nope=1"])
   with pytest.raises(ConfigError, match="unknown config string key"):
