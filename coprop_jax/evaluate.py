@@ -272,7 +272,7 @@ class Evaluator:
         alignment_iou=ec.alignment_iou, alignment_min_area=ec.alignment_min_area,
         num_thresholds=ec.f_num_thresholds, beta2=ec.f_beta2,
         moc_ids_file=os.path.expanduser(ec.moc_ids_file) if ec.moc_ids_file else "",
-        avss_score_padding=ec.avss_score_padding)
+        avss_score_padding=bool(ec.avss_score_padding) and self.semantic)   # AVSS only
 
   def segmenter(self, model: Model):
     from coprop_jax import pipeline

@@ -88,7 +88,8 @@ def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 
 # data.synthetic.generator -> the modules whose code draws the clips (their hash is recorded).
-GENERATORS = {"random": (synthetic,), "moc": (synthetic, moc_synth)}
+GENERATORS = {"random": (synthetic,), "moc": (synthetic, moc_synth),
+              "moc_ambiguous": (synthetic, moc_synth), "tracking": (synthetic, moc_synth)}
 
 
 def _code(module) -> str:
@@ -144,7 +145,7 @@ def ensure_synthetic_tree(manual_dir, layout: str, num_videos: int, size: int, s
     stamp.unlink()
   synthetic.write_dataset(manual, layout, num_videos, size,
                           None if layout == "avss" else want["frames"], seed,
-                          clip_fn=moc_synth.make_clip if generator == "moc" else None)
+                          clip_fn=moc_synth.clip_fn_of(generator))
   _write_json_atomic(stamp, want)
   log.info("%s synthetic %s tree in %s (%d videos, %d px, seed %d)", action, layout, manual,
            num_videos, size, seed)

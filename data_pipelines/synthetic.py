@@ -151,12 +151,17 @@ def make_clip(rng: np.random.Generator, layout: str = "ms3", size: int = 64, fra
 
 def render_clip(rng: np.random.Generator, layout: str, size: int, classes: np.ndarray,
                 sounding: np.ndarray, control_points: np.ndarray, r: np.ndarray, pos: np.ndarray,
-                vel: np.ndarray, video_id: str = "clip") -> dict:
+                vel: np.ndarray, video_id: str = "clip", *, scale: np.ndarray | None = None,
+                colours: np.ndarray | None = None, gain: np.ndarray | None = None,
+                extra_audio: np.ndarray | None = None) -> dict:
   """Draws a clip from its script (the part of `make_clip` after the sounding schedule).
 
   classes int [N] (indices into CLASSES, distinct); sounding bool [T, N]; control_points int [T];
   r [N] radii, pos [N, 2] start centres (y, x), vel [N, 2] pixels per frame (objects bounce
-  between the walls); all in pixels. Returns `make_clip`'s dict.
+  between the walls); all in pixels. Optional (default: the plain clip): scale [T, N] per-frame
+  radius factors, colours [N, 3] RGB drawn instead of the class colours, gain [T, N] per-frame
+  loudness of each sounding object, extra_audio [T * 16000] added to the waveform (off-screen
+  sounds). Returns `make_clip`'s dict.
   """
   frames, n_obj = sounding.shape
   cps = np.asarray(control_points, np.int32)
@@ -171,11 +176,12 @@ def render_clip(rng: np.random.Generator, layout: str, size: int, classes: np.nd
   for t in range(frames):
     img = bg.copy()
     for o in range(n_obj):
+      ro = r[o] if scale is None else r[o] * scale[t, o]
       p = pos[o] + vel[o] * t
-      p = np.mod(p - r[o], 2 * (size - 2 * r[o]))  # bounce between walls
-      p = np.where(p > size - 2 * r[o], 2 * (size - 2 * r[o]) - p, p) + r[o]
-      m = _shape_mask(CLASSES[classes[o]][1], size, p[0], p[1], r[o])
-      colour = np.array(CLASSES[classes[o]][2], np.float32)
+      p = np.mod(p - ro, 2 * (size - 2 * ro))  # bounce between walls
+      p = np.where(p > size - 2 * ro, 2 * (size - 2 * ro) - p, p) + ro
+      m = _shape_mask(CLASSES[classes[o]][1], size, p[0], p[1], ro)
+      colour = np.array(CLASSES[classes[o]][2] if colours is None else colours[o], np.float32)
       stripes = ((yy + xx + o * 3) // 3) % 2 == 0
       tex = np.where(stripes[..., None], colour, colour * 0.7)
       img[m] = tex[m]
@@ -188,8 +194,10 @@ def render_clip(rng: np.random.Generator, layout: str, size: int, classes: np.nd
   wave = np.zeros(frames * SAMPLE_RATE, np.float32)
   for o in range(n_obj):
     snd = class_sound(int(classes[o]), frames, rng)
-    gate = np.repeat(sounding[:, o].astype(np.float32), SAMPLE_RATE)
-    wave += snd * gate
+    g = sounding[:, o].astype(np.float32) * (1.0 if gain is None else gain[:, o])
+    wave += snd * np.repeat(g, SAMPLE_RATE)
+  if extra_audio is not None:
+    wave += np.asarray(extra_audio, np.float32)
   wave += rng.normal(0, 0.003, wave.shape).astype(np.float32)
   first = int(np.flatnonzero(sounding[0])[0])
   return dict(

@@ -42,6 +42,44 @@ def test_rows_and_runs_of_each_table():
   assert "aot" not in [r.name for r in A.runs_needed(t5, base)]
   with pytest.raises(A.AblateError, match="--table '3'"):
     A.plan_rows("3", {})
+  # Table 6: one model and one evaluation, its rows differing in the frames they cover
+  t6 = A.plan_rows("6", {})
+  assert [r.subset for r in t6] == ["keyframes", "normal"] and len({r.method for r in t6}) == 1
+  assert {r.control_points for r in t6} == {"gt"}
+  # Alignment Rate: Co-Prop, the KPF on every frame, AOT propagated from frame 0
+  ar = A.plan_rows("AR", {"rcpg": "x"})
+  assert [(r.model, r.control_points) for r in ar] == [
+      ("kpf_finetune+aip_4layer", "rcpg"), ("kpf_finetune+aip_4layer", "every_frame"),
+      ("kpf_finetune+aot", "first_frame")]
+  assert len({r.method for r in ar}) == 3
+
+
+def test_rows_take_their_figures_from_their_own_method():
+  summaries = {"a": {"subsets": {"all": {"J": 0.5, "F": 0.6, "alignment_rate": 0.7},
+                                 "keyframes": {"J": 0.9, "F": 0.8, "alignment_rate": 1.0},
+                                 "normal": {"J": 0.2, "F": 0.3, "alignment_rate": 0.4}}}}
+  from coprop_jax.experiments import recipes
+  t6 = A.plan_rows("6", {})
+  cols = recipes.table("6").columns
+  from coprop_jax.experiments.runner import row_figures
+  assert row_figures(t6[0], summaries["a"], cols) == {"J": 0.9, "F": 0.8, "Align.": 1.0}
+  assert row_figures(t6[1], summaries["a"], cols) == {"J": 0.2, "F": 0.3, "Align.": 0.4}
+  md = A.markdown("6", t6, {r.name: row_figures(r, summaries["a"], cols) for r in t6}, "note")
+  assert "| Keyframes | 90.00 | 80.00 | 100.00 | kpf_finetune+aip_4layer |" in md
+  assert "| Normal frames | 20.00 | 30.00 | 40.00 |" in md
+
+
+def test_finetune_without_control_points_is_refused_before_anything_is_written(tmp_path):
+  from coprop_jax.train import trainer
+  from coprop_jax.utils.config import ConfigError
+  c = load_config(SPEC.replace("runlocal=True", "runlocal=True,stage=kpf_finetune"))
+  assert c.data.control_points_file == ""
+  with pytest.raises(ConfigError, match="data.control_points_file"):
+    trainer.train_and_evaluate(c, str(tmp_path / "ft"))
+  assert not (tmp_path / "ft").exists()
+  # the ablation gives its fine-tune the GT rule's control points of the train split
+  f = A.run_config(SPEC, [], A.RUNS["kpf_finetune"], tmp_path)
+  assert f.data.control_points_file == str(tmp_path / "control_points" / "gt_train.jsonl")
 
 
 def test_run_configs_reuse_and_refusal(tmp_path):
@@ -89,8 +127,68 @@ def test_table_2b_end_to_end_then_reused(tmp_path, capsys):
   md = (wd / "table_2b.md").read_text()
   assert md.count("not run: needs a local audio LLM") == 3 and "| cosine |" in md
   assert (wd / "eval_2b" / "comparison.md").is_file()
+  _rows_match_their_own_predictions(wd, "2b", res)
   # again: every run and the model reused, the same figures
   assert A.main(["--table", "2b", "--config", SPEC, "--workdir", str(wd), "--batch_size", "2", *TINY]) == 0
   again = json.loads((wd / "table_2b.json").read_text())
   assert set(again["runs"].values()) == {"reused"}
   assert [r["figures"] for r in again["rows"]] == [r["figures"] for r in res["rows"]]
+
+
+def _rows_match_their_own_predictions(wd, table, res):
+  """Each row's J is the mean over videos of its own method's per-video J (the evaluator's
+  figures from that method's masks), over the row's frame subset."""
+  import csv
+  for r in res["rows"]:
+    if r["figures"] is None:
+      continue
+    with open(wd / f"eval_{table}" / f"{r['method']}.per_video.csv") as fh:
+      vids = list(csv.DictReader(fh))
+    col = "J" if r["subset"] == "all" else f"J_{r['subset']}"
+    vals = [float(v[col]) for v in vids if v[col] != ""]
+    assert vals and abs(sum(vals) / len(vals) - r["figures"]["J"]) < 1e-5, (r["name"], col)
+
+
+@pytest.mark.slow  # reuses nothing from the test above: the AR table's four runs, tiny
+def test_tables_6_and_ar_end_to_end(tmp_path):
+  wd = tmp_path / "abl"
+  for t in ("AR", "6"):
+    assert A.main(["--table", t, "--config", SPEC, "--workdir", str(wd), "--batch_size", "2", *TINY]) == 0
+    res = json.loads((wd / f"table_{t}.json").read_text())
+    md = (wd / f"table_{t}.md").read_text()
+    header = md.splitlines()[0]
+    if t == "AR":
+      assert header == "| Method | Align. | Align. MOC | J | Model |"
+      assert set(res["runs"]) == {"kpf", "kpf_finetune", "aip_4layer", "aot"}
+    else:
+      assert header == "| Frames | J | F | Align. | Model |"
+      assert set(res["runs"].values()) == {"reused"}
+      assert len({r["method"] for r in res["rows"]}) == 1
+    assert len(md.splitlines()) >= 2 + len(res["rows"])
+    _rows_match_their_own_predictions(wd, t, res)
+
+
+def test_table_3_statistics_from_the_generator(tmp_path, capsys):
+  """Table 3 on a synthetic moc_ambiguous tree: videos per split, categories per video, the
+  share of videos that change source, each recomputed here from the generator's clips."""
+  import numpy as np
+  from data_pipelines import moc_synth
+  spec = SPEC
+  ov = ["--config.data.synthetic.num_videos=10", "--config.data.synthetic.generator=moc_ambiguous",
+        "--config.data.image_size=32"]
+  assert A.main(["--table", "3", "--config", spec, "--workdir", str(tmp_path), "--split", "all", *ov]) == 0
+  res = json.loads((tmp_path / "table_3.json").read_text())
+  clips = list(moc_synth.clip_stream("ms3", 10, 32, 0, clip_fn=moc_synth.make_clip_ambiguous))
+  for split in ("train", "val", "test"):
+    mine = [c for s, c in clips if s == split]
+    row = next(r for r in res["rows"] if r["split"] == split and r["subset"] == "all")
+    assert row["videos"] == len(mine)
+    cats = [int(c["sounding"].any(0).sum()) for c in mine]
+    assert abs(row["categories_per_video"] - np.mean(cats)) < 1e-9
+    changing = [bool(c["control_points"][1:].any()) for c in mine]
+    assert abs(row["changing_share"] - np.mean(changing)) < 1e-9
+    moc = next(r for r in res["rows"] if r["split"] == split and r["subset"] != "all")
+    assert moc["videos"] == sum(changing)
+  md = (tmp_path / "table_3.md").read_text()
+  assert md.startswith("| Split | Subset | Videos |") and "not the paper's 17" in md
+  assert "moc_ambiguous generator" in capsys.readouterr().out

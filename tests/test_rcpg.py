@@ -254,6 +254,16 @@ def test_cli_gt_cosine_merge_evaluate_on_avsbench_tree(tmp_path, capsys):
   assert res["num_videos"] == len(recs)
   # GT vs itself is perfect.
   assert runner.evaluate_files(str(gt), str(gt))["exact_match"] == 1.0
+  # The cosine score is precision/recall of its flags against the gt file's, counted here from
+  # the definition (frame 0 left out: it is always a control point).
+  truth = {r["video_id"]: r["flags"] for r in recs}
+  pred = {r["video_id"]: r["flags"] for r in jsonl.read_records(tmp_path / "c.jsonl")[0]}
+  tp = sum(p == g == 1 for v in truth for p, g in zip(pred[v][1:], truth[v][1:]))
+  fp = sum(p == 1 and g == 0 for v in truth for p, g in zip(pred[v][1:], truth[v][1:]))
+  fn = sum(p == 0 and g == 1 for v in truth for p, g in zip(pred[v][1:], truth[v][1:]))
+  assert res["precision"] == (tp / (tp + fp) if tp + fp else 1.0)
+  assert res["recall"] == (tp / (tp + fn) if tp + fn else 1.0)
+  assert res["exact_match"] == sum(pred[v] == truth[v] for v in truth) / len(truth)
 
 
 def test_bad_inputs(tmp_path, wavdir):

@@ -58,7 +58,9 @@ def get_data_config() -> ml_collections.ConfigDict:
   c.synthetic.num_videos = 48
   c.synthetic.seed = 0
   # Which clips: "random" (data_pipelines.synthetic: the sounding set changes at random frames,
-  # often never in a 5-frame clip) or "moc" (data_pipelines.moc_synth: one source at a time,
-  # switching inside 3 of 4 clips, as the paper's MOC subset; the demo's data).
+  # often never in a 5-frame clip), "moc" (data_pipelines.moc_synth: one source at a time,
+  # switching inside 3 of 4 clips, as the paper's MOC subset), "moc_ambiguous" (the same with
+  # unreliable per-frame audio, fast resizing objects and look-alike distractors; the demo's
+  # data) or "tracking" (one object tracked through the clip: the propagator's tracking prior).
   c.synthetic.generator = "random"
   return c

@@ -22,7 +22,9 @@ def get_propagator_config() -> ml_collections.ConfigDict:
   # Audio tokens of the insert and the identity: "learned" (not in the paper: num_audio_tokens
   # learned projections of the frame's 128-d VGGish embedding, so different pixels attend
   # differently) or "paper" (eq. 6 verbatim: the embedding is the only key, the softmax is 1 and
-  # the insert adds the same vector at every pixel -- a per-frame bias).
+  # the insert adds the same vector at every pixel -- a per-frame bias). "learned" is also the
+  # paper experiment's setting (configs/coprop.py), because with the paper's single token eq. 6
+  # cannot tell pixels apart; `--config.propagator.audio_tokens=paper` runs eq. 6 verbatim.
   c.audio_tokens = "learned"
   c.num_audio_tokens = 4
   # Object ids of the ID bank (+1 background): AOT's 10 for every dataset, so a converted AOT-L

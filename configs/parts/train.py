@@ -12,6 +12,9 @@ def get_train_config() -> ml_collections.ConfigDict:
   # Checkpoint root to take params (and non-trainable collections) from at the start of a fresh
   # run, e.g. "<kpf workdir>/checkpoints" or "<kpf workdir>/best"; "" for none. Must exist.
   c.init_from = ""
+  # kpf_finetune trains on keyframes; without data.control_points_file the built dataset's
+  # control points are frame 0 only, so that run is refused unless this is True.
+  c.allow_finetune_without_control_points = False
   c.optimizer = "adam"       # "adam" | "adamw" | "sgd" (momentum 0.9); paper: Adam
   c.lr = 1e-4                # peak learning rate; paper: 1e-4 (constant)
   # "constant" (lr at every step, the paper's) or "poly" (aot-benchmark's: linear warm-up from
@@ -90,6 +93,7 @@ def get_eval_config() -> ml_collections.ConfigDict:
   # changes (the GT control-point rule puts a keyframe after frame 0), e.g. on synthetic data.
   c.moc_ids_file = ""
   # AVSS only: also score the padded frames of short clips (v1s/v1m: 5 real of 10) as AVSBench's
-  # avss/test.py does (GT all background there); False scores real frames only.
-  c.avss_score_padding = False
+  # avss/test.py does (GT all background there; AVSBench's protocol, the default); False scores
+  # real frames only (not AVSBench's protocol: an option).
+  c.avss_score_padding = True
   return c

@@ -166,11 +166,19 @@ def mask_ids(logits: Array, num_objects: Array) -> Array:
 
 # ----------------------------------------------------------------------------- modules
 class AudioInsert(nn.Module):
-  """Paper eq. 6: visual tokens (queries) cross-attend to audio tokens, residual add.
+  """The audio insert: visual tokens (queries) cross-attend to audio tokens (paper eq. 6,
+  softmax(Q K^T / sqrt(d)) V with Q from the visual map and K, V from the audio).
 
-  x: [B, h, w, C]; audio: [B, Na, Ca] -> [B, h, w, C]. `projection` is zero-initialised, so the
-  module is the identity until trained. With Na = 1 the softmax is 1 for every query: the output
-  is x + proj(W_V a), the same vector at every pixel.
+  not in the paper: eq. 6 is single-head with no output projection and no residual; here it has
+  `num_heads` heads, an output `projection` and the residual add x + proj(...). The projection is
+  zero-initialised, so the module is the identity until trained (a converted AOT starts as AOT).
+  With num_heads=1 and an identity projection it is x + eq. 6 (tests/test_audio_insert.py).
+  Where it sits ("four layers", `audio_insert_levels`): levels 0-2 (1/4, 1/8, 1/16 maps) reach
+  only the decoder's skip connections; level 3 (the projected 1/16 map) alone enters the LSTT,
+  as in AOT's design, where only that map is propagated.
+
+  x: [B, h, w, C]; audio: [B, Na, Ca] -> [B, h, w, C]. With Na = 1 the softmax is 1 for every
+  query: the output is x + proj(W_V a), the same vector at every pixel.
   """
   num_heads: int = 8
   dim: int = 256

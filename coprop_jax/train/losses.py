@@ -1,7 +1,8 @@
 """Segmentation losses with per-frame weights (frames without GT are masked out).
 
 Binary (S4/MS3): BCE + soft IoU on sigmoid probabilities. Semantic (AVSS): CE + soft Dice over
-classes. Every loss takes `weight` [N] (1 for frames that have GT and are valid, 0 otherwise);
+classes. not in the paper: it names no losses; these are our choice (the usual pairs of AVS
+segmentation baselines). Every loss takes `weight` [N] (1 for frames that have GT and are valid, 0 otherwise);
 the result is the mean over the weighted frames (0 when no frame has weight).
 """
 from __future__ import annotations
@@ -55,7 +56,8 @@ def semantic_losses(logits: Array, masks: Array, weight: Array, ce_weight: float
                     dice_weight: float = 1.0, eps: float = 1.0) -> dict[str, Array]:
   """logits: [N, H, W, C], masks: [N, H, W] int in 0..C-1, weight: [N].
 
-  Dice per frame is averaged over the classes present in the GT or the prediction mass.
+  Dice per frame is the mean over all C classes of 1 - (2 sum(p g) + eps) / (sum(p) + sum(g) + eps)
+  (soft, over the pixels); with eps = 1 a class absent from both GT and prediction scores ~0 loss.
   Returns dict(loss, ce, dice).
   """
   if logits.ndim != 4 or logits.shape[:3] != masks.shape or weight.shape != masks.shape[:1]:

@@ -257,9 +257,6 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: str) -> Data:
   if ec.every_steps > 0 and (ec.split not in splits or splits[ec.split].num_examples == 0):
     raise ConfigError(f"eval.split={ec.split!r}: the {d.name} build in {d.data_dir} has no such "
                       f"examples (splits: { {k: v.num_examples for k, v in splits.items()} })")
-  if config.train.stage == "kpf_finetune" and not d.control_points_file:
-    logging.warning("kpf_finetune without data.control_points_file: using the control points "
-                    "stored in the built dataset (frame 0 only unless it was built with a file)")
   train = input_pipeline.make_iterator(d, "train", train=True, builder=b)
   per_epoch = max(1, splits["train"].num_examples // d.batch_size)
   return Data(train, per_epoch,
@@ -383,6 +380,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   tc, ec = config.train, config.eval
   distributed.initialize(tc.distributed)            # before any device is touched
   task = tasks_lib.get_task(config)                 # before anything is written
+  if (tc.stage == "kpf_finetune" and not config.data.control_points_file
+      and not tc.get("allow_finetune_without_control_points", False)):
+    raise ConfigError("train.stage=kpf_finetune needs data.control_points_file (RCPG's output, "
+                      "python -m coprop_jax.rcpg): without it every clip's only keyframe is frame "
+                      "0; set train.allow_finetune_without_control_points=True to accept that")
   best_metric = ec.best_metric or task.default_best_metric
   if best_metric not in task.metric_names:
     raise ConfigError(f"eval.best_metric={ec.best_metric!r}: stage {task.name} reports "
