@@ -1,6 +1,6 @@
 """One accelerator run of the speed figures (GPU/TPU; also runs on CPU at tiny sizes).
 
-  bash benchmarks/accelerator.sh [--out DIR] [--budget_s 320] [--tiny] [--only a,b]
+  bash benchmarks/accelerator.sh [--out DIR] [--budget_s 1500] [--tiny] [--only a,b]
 
 Runs each section below as a child process with its own time limit (a hung or slow compile
 costs at most that section's limit), skips a section once the whole run's budget (--budget_s)
@@ -36,23 +36,23 @@ FORBIDDEN = ("grain", "tensorflow_datasets", "tensorboardX", "av", "soundfile")
 
 # (name, time limit s, benchmark, argv)
 SECTIONS = [
-    ("prop_paper_new_bf16", 75, "train_step", ["--stage", "propagator", "--preset", "paper",
+    ("prop_paper_new_bf16", 300, "train_step", ["--stage", "propagator", "--preset", "paper",
                                                 "--dtype", "bfloat16", "--steps", "5"]),
-    ("prop_paper_old_f32", 70, "train_step", ["--stage", "propagator", "--preset", "paper",
+    ("prop_paper_old_f32", 280, "train_step", ["--stage", "propagator", "--preset", "paper",
                                                "--formulation", "old", "--steps", "3"]),
-    ("prop_paper_new_f32", 60, "train_step", ["--stage", "propagator", "--preset", "paper",
+    ("prop_paper_new_f32", 240, "train_step", ["--stage", "propagator", "--preset", "paper",
                                                "--steps", "5"]),
-    ("inference_paper_224", 90, "inference", ["--preset", "paper", "--lengths", "10,100",
+    ("inference_paper_224", 360, "inference", ["--preset", "paper", "--lengths", "10,100",
                                                "--repeats", "2"]),
-    ("kpf_b0_bf16", 45, "train_step", ["--preset", "b0", "--dtype", "bfloat16", "--steps", "5"]),
-    ("prop_tiny_old_new_f32", 45, "train_step", ["--stage", "propagator", "--preset", "tiny",
+    ("kpf_b0_bf16", 180, "train_step", ["--preset", "b0", "--dtype", "bfloat16", "--steps", "5"]),
+    ("prop_tiny_old_new_f32", 180, "train_step", ["--stage", "propagator", "--preset", "tiny",
                                                   "--formulation", "both", "--steps", "5"]),
-    ("prop_tiny_new_bf16", 30, "train_step", ["--stage", "propagator", "--preset", "tiny",
+    ("prop_tiny_new_bf16", 120, "train_step", ["--stage", "propagator", "--preset", "tiny",
                                                "--dtype", "bfloat16", "--steps", "5"]),
-    ("prop_paper_new_shift_bf16", 45, "train_step", ["--stage", "propagator", "--preset", "paper",
+    ("prop_paper_new_shift_bf16", 180, "train_step", ["--stage", "propagator", "--preset", "paper",
                                                       "--dtype", "bfloat16", "--conv_impl",
                                                       "shift", "--steps", "3"]),
-    ("kpf_paper_bf16", 60, "train_step", ["--preset", "paper", "--dtype", "bfloat16", "--steps",
+    ("kpf_paper_bf16", 240, "train_step", ["--preset", "paper", "--dtype", "bfloat16", "--steps",
                                           "3"]),
 ]
 # --tiny: the same benchmarks at sizes a 2-core CPU compiles in seconds.
@@ -123,7 +123,7 @@ def check_imports() -> dict:
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   ap.add_argument("--out", default="accelerator_out")
-  ap.add_argument("--budget_s", type=float, default=320.0)
+  ap.add_argument("--budget_s", type=float, default=1500.0)
   ap.add_argument("--tiny", action="store_true")
   ap.add_argument("--only", default="", help="comma-separated section names")
   ap.add_argument("--check_imports", action="store_true")

@@ -378,6 +378,8 @@ def run(a, build, host_batch, batch, rec, peak, dev):
   if a.profile:
     jax.profiler.stop_trace()
   dt = float(np.median(times))
+  if flops_lowered is None:   # XLA:GPU returns no cost analysis for the lowered HLO
+    flops_lowered = rec.get("compiled_flops") or float("nan")
   achieved = flops_lowered / dt
   rec.update(step_s=round(dt, 3), step_s_all=[round(t, 3) for t in times],
              frames_per_s=round(batch / dt, 3), achieved_tflops=round(achieved / 1e12, 5),

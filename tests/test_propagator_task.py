@@ -35,7 +35,9 @@ def aot_lr(base_lr, p, itr, max_itr, warm_up_steps, min_lr, encoder_lr_ratio=1.0
 
 
 def test_poly_schedule_and_encoder_rate_match_aot():
-  c = config("train.num_steps=50")
+  # AOT-L (MobileNetV2) decays to 2e-5, R50-AOTL to 1e-5 (aot-benchmark's configs).
+  assert config("train.num_steps=50", base=H.CONFIG + ",aot=r50").train.end_lr == 1e-5
+  c = config("train.num_steps=50", base=H.CONFIG + ",aot=mobilenet")
   tc = c.train
   assert (tc.lr_schedule, tc.optimizer, tc.end_lr, tc.warmup_ratio) == ("poly", "adamw", 2e-5, 0.05)
   total = 50

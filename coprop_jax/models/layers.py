@@ -165,12 +165,32 @@ def dot_product_attention(q: Array, k: Array, v: Array, mask: Optional[Array] = 
   impl = None
   if implementation == "cudnn" or (implementation == "auto" and _cudnn_may_run(q, k)):
     impl = "cudnn"
-  if impl == "cudnn" and implementation == "auto":
-    try:   # shape/version checks run at trace time; fall back to XLA when they refuse
-      return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, implementation="cudnn")
-    except (NotImplementedError, ValueError, RuntimeError, TypeError):
-      impl = None
+  if impl == "cudnn" and implementation == "auto" and not _cudnn_traces(q, k, v, bias, mask):
+    impl = None
   return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, implementation=impl)
+
+
+def _cudnn_traces(q: Array, k: Array, v: Array, bias: Optional[Array],
+                  mask: Optional[Array]) -> bool:
+  """Whether cuDNN attention accepts these shapes in the forward AND the backward pass.
+
+  cuDNN's checks run when a rule is traced: the training forward rule is stricter than the
+  inference call (seen on an H200: "Unsupported sequence length Q 3136, KV 49" for PVT-v2's first
+  stage under `jax.grad`), so probing only the forward call let training fail. The probe traces
+  `jax.vjp` abstractly (`jax.eval_shape`, nothing runs)."""
+  def f(q, k, v):
+    return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, implementation="cudnn")
+
+  def fwd_bwd(q, k, v):
+    out, pull = jax.vjp(f, q, k, v)
+    return pull(out)
+
+  spec = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype)
+  try:
+    jax.eval_shape(fwd_bwd, spec(q), spec(k), spec(v))
+    return True
+  except (NotImplementedError, ValueError, RuntimeError, TypeError):
+    return False
 
 
 def _cudnn_may_run(q: Array, k: Array) -> bool:
